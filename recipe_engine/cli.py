@@ -1,0 +1,180 @@
+"""The ``recipe`` command line.
+
+Start-up stays fast: only the recipe language is imported at module level; torch and the
+pipeline are imported inside the commands that need them (run, plan, sensitivity).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .recipe.errors import RecipeError
+
+SET_HELP = "Override a key after extends: KEY is a dotted path, VALUE is YAML (repeatable)."
+SCHEMA_FILE = Path("schemas") / "recipe.schema.json"
+
+
+class RecipeGroup(click.Group):
+    """A click group that turns user errors into a message and exit code 1 (traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except RecipeError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc.format()}" if not exc.diagnostics else exc.format(), err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=RecipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="recipe")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Quantize PyTorch models to INT8 from declarative YAML recipes."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@main.command()
+@click.argument("recipe_files", nargs=-1, required=True, metavar="RECIPE...")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--quiet", "-q", is_flag=True, help="Print errors only.")
+def validate(recipe_files: tuple[str, ...], overrides: tuple[str, ...], quiet: bool) -> None:
+    """Check recipes: exit 0 when all are valid, else 1 with FILE:LINE:COL: messages."""
+    from .recipe import load_recipe
+
+    failed = False
+    for name in recipe_files:
+        try:
+            loaded = load_recipe(name, overrides)
+        except RecipeError as exc:
+            failed = True
+            click.echo(exc.format(), err=True)
+            continue
+        if not quiet:
+            spec = loaded.spec
+            click.echo(f"{loaded.path}: ok ({spec.recipe} {spec.version}, sha256 {loaded.sha256[:12]})")
+            factories = spec.factories()
+            if factories:
+                click.echo("  code it runs: " + ", ".join(factories))
+    sys.exit(1 if failed else 0)
+
+
+@main.command(name="schema")
+@click.option("--check", is_flag=True, help="Exit 1 if the committed schema file is stale.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"Schema file (default: {SCHEMA_FILE} in the project).")
+def schema_command(check: bool, output: Path | None) -> None:
+    """Write (or --check) schemas/recipe.schema.json from the recipe models."""
+    from .recipe.schema_file import default_schema_path, schema_text
+    from .util.atomic import atomic_write_text
+
+    target = output or default_schema_path()
+    text = schema_text()
+    if check:
+        current = target.read_text(encoding="utf-8") if target.exists() else ""
+        if current != text:
+            raise RecipeError(f"{target} is stale", hint="run `recipe schema` and commit the result")
+        click.echo(f"{target}: up to date")
+        return
+    atomic_write_text(target, text)
+    click.echo(f"wrote {target}")
+
+
+@main.command(name="list")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_command(directory: Path | None, as_json: bool) -> None:
+    """Show the recipe catalogue: name, version, description, file."""
+    from .recipe.catalogue import scan
+
+    entries = scan(directory)
+    if as_json:
+        click.echo(json.dumps([e.as_dict() for e in entries], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "version", "description", "file", box=None, pad_edge=False)
+    for entry in entries:
+        table.add_row(entry.name, entry.version, entry.description, entry.file,
+                      style="red" if entry.error else None)
+    Console(width=200).print(table)
+    if any(e.error for e in entries):
+        for entry in entries:
+            if entry.error:
+                click.echo(f"invalid: {entry.error}", err=True)
+
+
+@main.command()
+@click.argument("recipe_a")
+@click.argument("recipe_b")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Applied to both recipes.")
+@click.option("--exit-code", is_flag=True, help="Exit 1 when the recipes differ (like git diff --exit-code).")
+def diff(recipe_a: str, recipe_b: str, overrides: tuple[str, ...], exit_code: bool) -> None:
+    """Show the differences between two resolved recipes."""
+    from .recipe import load_recipe
+    from .recipe.diffing import diff_recipes
+
+    a = load_recipe(recipe_a, overrides)
+    b = load_recipe(recipe_b, overrides)
+    lines = diff_recipes(a.spec, b.spec)
+    if not lines:
+        click.echo("recipes are identical after resolution (sha256 " + a.sha256[:12] + ")")
+        return
+    click.echo(f"--- {a.path} ({a.spec.recipe} {a.spec.version})")
+    click.echo(f"+++ {b.path} ({b.spec.recipe} {b.spec.version})")
+    for line in lines:
+        click.echo(line)
+    if exit_code:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("recipe_file", metavar="RECIPE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Emit the plan as JSON.")
+def plan(recipe_file: str, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Show what every rule, fusion, share group and disable entry selects; changes nothing."""
+    from .pipeline import plan_recipe
+    from .recipe import load_recipe
+
+    loaded = load_recipe(recipe_file, overrides)
+    result = plan_recipe(loaded)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        click.echo(result.format())
+
+
+@main.command()
+@click.argument("recipe_file", metavar="RECIPE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default: runs/<recipe name>).")
+def run(recipe_file: str, overrides: tuple[str, ...], out_dir: Path | None) -> None:
+    """Run the whole pipeline: fuse, quantize, calibrate, evaluate, save, export."""
+    from .pipeline import run_recipe
+    from .recipe import load_recipe
+
+    loaded = load_recipe(recipe_file, overrides)
+    target = out_dir or Path("runs") / loaded.spec.recipe.replace("/", "_")
+    metrics = run_recipe(loaded, target)
+    click.echo(f"run directory: {target}")
+    summary = {k: metrics[k] for k in ("fp32", "int8") if k in metrics}
+    if summary:
+        click.echo("metrics: " + json.dumps(summary))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,197 @@
+"""Load a recipe: YAML -> extends chain -> --set overrides -> templates -> schema validation.
+
+Every problem becomes a :class:`Diagnostic` pointing at ``FILE:LINE:COL`` of the key that
+caused it, in whichever file of the ``extends`` chain defined it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import Diagnostic, Position, RecipeError, dotted, nearest_position
+from .hints import diagnostics_from_validation
+from .lock import recipe_sha256
+from .merge import Positions, apply_override, deep_merge
+from .schema import Recipe
+from .template import render_tree, template_context
+from .yaml_source import parse_yaml
+
+RECIPE_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class LoadedRecipe:
+    """A validated, fully resolved recipe and where each of its values came from."""
+
+    spec: Recipe
+    path: Path
+    files: list[Path]
+    positions: Positions = field(repr=False)
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the canonical resolved recipe (stable across key order and formatting)."""
+        return recipe_sha256(self.spec)
+
+    def position(self, *path: str | int) -> Position:
+        """Where the value at ``path`` (e.g. ``"rules", 2, "select"``) was written."""
+        return nearest_position(self.positions, tuple(path), Position(str(self.path)))
+
+    def resolve_path(self, value: str, *key: str | int) -> Path:
+        """Resolve a relative file path relative to the file that wrote ``key``."""
+        candidate = Path(os.path.expanduser(value))
+        if candidate.is_absolute():
+            return candidate
+        origin = self.position(*key).file
+        base = Path(origin).parent if Path(origin).exists() else self.path.parent
+        return (base / candidate).resolve()
+
+    def error(self, path: tuple, message: str, hint: str | None = None) -> RecipeError:
+        """A RecipeError located at ``path`` in the user's files."""
+        return RecipeError(diagnostics=[Diagnostic(self.position(*path), f"{dotted(path)}: {message}", hint)])
+
+
+def catalogue_dirs(start: Path | None = None) -> list[Path]:
+    """Directories searched for catalogue names: $RECIPE_PATH, the nearest recipes/ above ``start``, the repo's."""
+    dirs: list[Path] = [Path(p) for p in os.environ.get("RECIPE_PATH", "").split(os.pathsep) if p]
+    if start is not None:
+        for parent in [start, *start.parents]:
+            if parent.name == "recipes" and parent.is_dir():
+                dirs.append(parent)
+                break
+            if (parent / "recipes").is_dir():
+                dirs.append(parent / "recipes")
+                break
+    bundled = Path(__file__).resolve().parents[2] / "recipes"
+    if bundled.is_dir():
+        dirs.append(bundled)
+    return list(dict.fromkeys(d.resolve() for d in dirs))
+
+
+def find_recipe(name: str, relative_to: Path | None = None) -> Path | None:
+    """Resolve a recipe reference: a path (relative to ``relative_to``) or a catalogue name."""
+    raw = Path(os.path.expanduser(name))
+    candidates: list[Path] = []
+    if raw.is_absolute():
+        candidates.append(raw)
+    else:
+        if relative_to is not None:
+            candidates.append(relative_to / raw)
+        candidates.append(Path.cwd() / raw)
+        for directory in catalogue_dirs(relative_to):
+            candidates.append(directory / raw)
+    for candidate in candidates:
+        for option in (candidate, *(candidate.with_name(candidate.name + s) for s in RECIPE_SUFFIXES)):
+            if option.is_file():
+                return option.resolve()
+    return None
+
+
+def _read_document(path: Path) -> tuple[dict, Positions]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror or exc}") from None
+    data, positions = parse_yaml(text, str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(diagnostics=[Diagnostic(Position(str(path)), "a recipe must be a YAML mapping",
+                                                  "start with 'recipe: NAME' and 'version: 1.0.0'")])
+    return data, positions
+
+
+def _load_chain(path: Path, stack: tuple[Path, ...], files: list[Path]) -> tuple[dict, Positions]:
+    """Load ``path`` merged over all its parents (depth-first, in the listed order)."""
+    if path in stack:
+        cycle = " -> ".join(p.name for p in (*stack[stack.index(path):], path))
+        raise RecipeError(f"{stack[-1]}: extends cycle: {cycle}", hint="remove one of the extends links")
+    data, positions = _read_document(path)
+    parents = data.pop("extends", None)
+    if parents is None:
+        parents = []
+    elif isinstance(parents, str):
+        parents = [parents]
+    elif not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise RecipeError(diagnostics=[Diagnostic(positions.get(("extends",), Position(str(path))),
+                                                  "extends: expected a recipe path or a list of them")])
+    merged: dict = {}
+    merged_positions: Positions = {}
+    for index, parent in enumerate(parents):
+        where = positions.get(("extends", index)) or positions.get(("extends",)) or Position(str(path))
+        parent_path = find_recipe(parent, path.parent)
+        if parent_path is None:
+            searched = ", ".join(str(d) for d in [path.parent, *catalogue_dirs(path.parent)])
+            raise RecipeError(diagnostics=[Diagnostic(where, f"extends: cannot find parent recipe {parent!r}",
+                                                      f"paths are relative to this file; also searched {searched}")])
+        parent_data, parent_positions = _load_chain(parent_path, (*stack, path), files)
+        merged, merged_positions = deep_merge(merged, merged_positions, parent_data, parent_positions)
+    files.append(path)
+    positions.pop(("extends",), None)
+    return deep_merge(merged, merged_positions, data, positions)
+
+
+def resolve_document(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, Positions, list[Path]]:
+    """Everything but validation: extends, overrides and templates. Returns plain data."""
+    source = find_recipe(str(path))
+    if source is None:
+        raise RecipeError(f"{path}: no such recipe file", hint="give a path to a .yaml file or a catalogue name "
+                          "(see `recipe list`)")
+    files: list[Path] = []
+    data, positions = _load_chain(source, (), files)
+    for text in overrides:
+        apply_override(data, positions, text)
+    default = Position(str(source))
+    variables = data.get("vars") or {}
+    if not isinstance(variables, dict):
+        raise RecipeError(diagnostics=[Diagnostic(nearest_position(positions, ("vars",), default),
+                                                  "vars: expected a mapping of names to values")])
+    variables, problems = render_tree(variables, template_context({}), positions, default, ("vars",))
+    body = {k: v for k, v in data.items() if k != "vars"}
+    body, more = render_tree(body, template_context(variables), positions, default)
+    problems += more
+    if problems:
+        raise RecipeError(diagnostics=problems)
+    if variables:
+        body["vars"] = variables
+    return body, positions, files
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
+    """Load, resolve and validate a recipe file.
+
+    ``overrides`` are ``KEY=VALUE`` strings as given to ``--set`` (VALUE parsed as YAML),
+    applied after ``extends`` merging. Raises :class:`RecipeError` with file:line:col
+    diagnostics on any problem.
+    """
+    data, positions, files = resolve_document(path, overrides)
+    source = files[-1]
+    default = Position(str(source))
+    try:
+        spec = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(diagnostics=diagnostics_from_validation(exc, data, positions, default)) from None
+    problems = [Diagnostic(nearest_position(positions, loc, default), f"{dotted(loc)}: {message}")
+                for loc, message in spec.reference_errors()]
+    if problems:
+        raise RecipeError(diagnostics=problems)
+    return LoadedRecipe(spec=spec, path=source, files=files, positions=positions, overrides=tuple(overrides))
+
+
+def load_recipe_data(data: dict[str, Any], name: str = "<dict>") -> LoadedRecipe:
+    """Validate an in-memory recipe (e.g. built in Python); no extends, no templates."""
+    default = Position(name)
+    try:
+        spec = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(diagnostics=diagnostics_from_validation(exc, data, {}, default)) from None
+    problems = [Diagnostic(default, f"{dotted(loc)}: {message}") for loc, message in spec.reference_errors()]
+    if problems:
+        raise RecipeError(diagnostics=problems)
+    return LoadedRecipe(spec=spec, path=Path(name), files=[], positions={})

@@ -1,0 +1,478 @@
+"""Pydantic models of the recipe language (v1).
+
+Every section forbids unknown keys, so a misspelled key is an error with a
+"did you mean" hint rather than a silently ignored setting. Titles and
+descriptions on every field end up in ``schemas/recipe.schema.json`` so that
+editors can show help while a recipe is written.
+
+This module must stay light: it is imported by ``recipe validate`` and
+``recipe --help``, which never import torch.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
+)
+CALLABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+TYPE_PATH = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
+
+CalibrationMethod = Literal["max", "entropy", "mse", "percentile"]
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _check_callable(value: str | None) -> str | None:
+    if value is not None and not CALLABLE_PATH.match(value):
+        raise ValueError(f"expected 'package.module:callable', got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- quantizers
+class QuantizerSpec(Section):
+    """A quantizer descriptor: how one tensor (an input, a weight, an op input) is quantized."""
+
+    num_bits: int = Field(8, ge=2, le=16, title="Bits", description="Integer bit width (8 for INT8).")
+    per_channel: bool = Field(
+        False,
+        title="Per output channel",
+        description="One amax per output channel. The engine picks the right axis for each module kind "
+        "(0 for Conv/Linear/spconv weights [O,k..,I], 1 for ConvTranspose weights [I,O,k..]).",
+    )
+    axis: int | None = Field(
+        None,
+        title="Axis",
+        description="Explicit quantization axis (overrides per_channel). Prefer per_channel: true.",
+    )
+    unsigned: bool = Field(False, title="Unsigned", description="Unsigned range (e.g. after ReLU).")
+    narrow_range: bool = Field(
+        False, title="Narrow range", description="Use [-127, 127] instead of [-128, 127] for signed 8 bit."
+    )
+    calibrator: Literal["max", "histogram"] = Field(
+        "max",
+        title="Calibrator",
+        description="'max' records the absolute maximum; 'histogram' records a histogram from which "
+        "calibration.method (entropy, mse, percentile) picks amax.",
+    )
+    method: CalibrationMethod | None = Field(
+        None,
+        title="Amax method override",
+        description="Amax search for this quantizer only (histogram calibrators); default: calibration.method.",
+    )
+    learn_amax: bool = Field(False, title="Learn amax", description="Make amax a trainable parameter during QAT.")
+    fake_quant: bool = Field(True, title="Fake quantization", description="Quantize-dequantize in float.")
+    amax: float | None = Field(
+        None, gt=0, title="Fixed amax", description="Use this amax and skip calibration for this quantizer."
+    )
+
+    @model_validator(mode="after")
+    def _learn_amax_is_per_tensor(self) -> QuantizerSpec:
+        if self.learn_amax and (self.per_channel or self.axis is not None):
+            raise ValueError("learn_amax needs a per-tensor quantizer: remove per_channel/axis")
+        return self
+
+
+QuantizerRef = Annotated[
+    str | QuantizerSpec,
+    Field(description="The name of an entry of `quantizers:` or an inline quantizer descriptor."),
+]
+
+
+# --------------------------------------------------------------------------- selection
+class Selector(Section):
+    """Selects modules by path pattern, type and parent. All given criteria must hold."""
+
+    name: str | list[str] | None = Field(
+        None,
+        title="Name pattern(s)",
+        description="Glob over named_modules() paths (e.g. 'encoder.conv*.0'), or 're:' + a regular "
+        "expression matched in full. A list matches any of its patterns.",
+    )
+    type: str | list[str] | None = Field(
+        None,
+        title="Module type(s)",
+        description="A class as 'package.module:Class' or a short name known to the engine "
+        "(e.g. torch.nn.Conv2d, spconv.SubMConv3d, SparseConv). A list matches any.",
+    )
+    exact: bool = Field(False, title="Exact type", description="Do not match subclasses of `type`.")
+    under: str | None = Field(
+        None, title="Parent", description="Only modules strictly inside this module path (glob or re:)."
+    )
+    exclude: str | list[str] | None = Field(
+        None, title="Exclude", description="Name pattern(s) removed from the selection."
+    )
+    optional: bool = Field(
+        False, title="Optional", description="Selecting nothing is not an error (it is by default)."
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Selector:
+        if self.name is None and self.type is None and self.under is None:
+            raise ValueError("a selector needs at least one of: name, type, under")
+        return self
+
+
+SelectorRef = Annotated[
+    str | Selector, Field(description="A selector, or a plain string as shorthand for {name: STRING}.")
+]
+
+
+class QuantizeSpec(Section):
+    """Which quantizers a selected module gets."""
+
+    input: QuantizerRef | None = Field(None, title="Input quantizer", description="Quantizer of the input.")
+    weight: QuantizerRef | None = Field(None, title="Weight quantizer", description="Quantizer of the weight.")
+
+
+OpName = Literal["add", "cat"]
+
+
+class Rule(Section):
+    """Ordered rule: later rules override earlier ones for the same module."""
+
+    select: SelectorRef = Field(title="Selector", description="Modules this rule applies to.")
+    quantize: QuantizeSpec | Literal[False] | None = Field(
+        None,
+        title="Quantize",
+        description="Input/weight quantizers for the selected modules; `false` removes quantization "
+        "set by an earlier rule.",
+    )
+    ops: dict[OpName, QuantizerRef | Literal[False]] | None = Field(
+        None,
+        title="Op inputs",
+        description="Quantize the inputs of `+`/torch.add (add) or torch.cat (cat) executed directly in the "
+        "selected modules' forward, one quantizer per op site shared by all its inputs.",
+    )
+
+    @model_validator(mode="after")
+    def _does_something(self) -> Rule:
+        if self.quantize is None and self.ops is None:
+            raise ValueError("a rule needs `quantize` and/or `ops`")
+        return self
+
+
+# --------------------------------------------------------------------------- fusion
+class FuseEntry(Section):
+    """A BatchNorm/activation folding declaration."""
+
+    pattern: list[str] | None = Field(
+        None,
+        title="Chain pattern",
+        description="Consecutive module types inside nn.Sequential/SparseSequential, e.g. "
+        "[Conv2d, BatchNorm2d, ReLU]; 'A|B' accepts either type.",
+    )
+    block: str | None = Field(
+        None,
+        title="Block type",
+        description="A residual block class ('module:Class'); its conv->bn pairs are given by `roles`.",
+    )
+    roles: dict[str, str] | None = Field(
+        None,
+        title="Roles",
+        description="conv attribute -> bn attribute inside the block, e.g. {conv1: bn1, conv2: bn2}. "
+        "Default: convN -> bnN for every N present.",
+    )
+    use: str | None = Field(
+        None, title="Registered pattern", description="Name of a pattern registered from Python."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        alias="with",
+        title="Options",
+        description="Pattern options, e.g. {fuse_relu: false}.",
+    )
+    within: SelectorRef | None = Field(
+        None, title="Scope", description="Only fuse modules matched by this selector (or below them)."
+    )
+    phase: Literal["before_calibration", "before_export"] = Field(
+        "before_calibration",
+        title="Phase",
+        description="When to fold: before calibration (default) or only before export.",
+    )
+    optional: bool = Field(False, title="Optional", description="Matching nothing is not an error.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FuseEntry:
+        kinds = [k for k in ("pattern", "block", "use") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a fuse entry needs exactly one of: pattern, block, use")
+        if self.pattern is not None and len(self.pattern) < 2:
+            raise ValueError("a fuse pattern needs at least two module types, e.g. [Conv2d, BatchNorm2d]")
+        return self
+
+
+# --------------------------------------------------------------------------- sharing, disable
+class ShareGroup(Section):
+    """Quantizers that must carry one scale (TensorRT concat/add without reformat)."""
+
+    quantizers: list[str] = Field(
+        min_length=2,
+        title="Quantizers",
+        description="Quantizer names ('path.input', 'path.weight', op sites like 'layer1.0.add0'); "
+        "globs and 're:' allowed.",
+    )
+    optional: bool = Field(False, title="Optional", description="Missing quantizers are not an error.")
+
+
+ShareRef = Annotated[
+    list[str] | ShareGroup, Field(description="A list of quantizer names, or {quantizers: [...], optional}.")
+]
+
+
+# --------------------------------------------------------------------------- model and data
+class FactoryRef(Section):
+    """A callable named 'package.module:callable' and its keyword arguments."""
+
+    factory: str = Field(title="Factory", description="'package.module:callable' returning the object.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, title="Keyword arguments")
+
+    _check = field_validator("factory")(classmethod(lambda cls, v: _check_callable(v)))
+
+
+class ModelSection(FactoryRef):
+    """How to build the FP32 model."""
+
+    checkpoint: str | None = Field(
+        None,
+        title="Checkpoint",
+        description="State dict file, loaded with torch.load(weights_only=True); relative to the recipe.",
+    )
+    checkpoint_key: str | None = Field(
+        None, title="Checkpoint key", description="Key of the state dict inside the checkpoint (e.g. 'model')."
+    )
+    strict: bool = Field(True, title="Strict loading", description="load_state_dict(strict=...).")
+
+
+class DataSection(Section):
+    """Data factories and the adapters that connect batches to the model."""
+
+    calibration: FactoryRef = Field(title="Calibration data", description="Iterable of calibration batches.")
+    validation: FactoryRef | None = Field(
+        None, title="Validation data", description="Batches for `evaluate` (default: calibration data)."
+    )
+    train: FactoryRef | None = Field(None, title="Training data", description="Batches for QAT.")
+    forward: str | None = Field(
+        None,
+        title="Forward adapter",
+        description="'module:callable' (model, batch) -> output; default model(**batch) for dicts, "
+        "model(*batch) for tuples/lists, model(batch) otherwise.",
+    )
+    evaluate: str | None = Field(
+        None,
+        title="Evaluate",
+        description="'module:callable' (model, batches) -> {metric: value}, used in reports and tuning.",
+    )
+    loss: str | None = Field(
+        None, title="Loss", description="'module:callable' (output, batch) -> scalar loss, used by QAT."
+    )
+
+    _check = field_validator("forward", "evaluate", "loss")(classmethod(lambda cls, v: _check_callable(v)))
+
+
+# --------------------------------------------------------------------------- calibration
+class CalibrationSection(Section):
+    """How amax values are computed."""
+
+    method: CalibrationMethod = Field(
+        "max",
+        title="Method",
+        description="Amax search for histogram calibrators: entropy, mse or percentile ('max' uses the "
+        "histogram's maximum). Max calibrators always use the absolute maximum.",
+    )
+    batches: int | None = Field(None, ge=1, title="Batches", description="Calibrate on at most this many batches.")
+    percentile: float = Field(99.99, gt=0, le=100, title="Percentile", description="For method: percentile.")
+    num_bins: int = Field(2048, ge=16, title="Histogram bins")
+    skip_zeros: bool = Field(False, title="Skip zeros", description="Ignore exact zeros in histograms.")
+    start_bin: int = Field(128, ge=1, title="Start bin", description="First candidate bin for entropy/mse.")
+    stride: int = Field(1, ge=1, title="Stride", description="Candidate bin stride for entropy/mse.")
+
+
+# --------------------------------------------------------------------------- QAT
+class OptimizerSpec(Section):
+    """A torch.optim optimizer by class name."""
+
+    name: str = Field("SGD", title="Optimizer", description="A torch.optim class name, e.g. AdamW, SGD.")
+    kwargs: dict[str, Any] = Field(default_factory=lambda: {"lr": 1e-4}, title="Keyword arguments")
+    no_decay_on_norm_and_bias: bool = Field(True, title="No weight decay on BN/bias parameters")
+    amax_lr_mult: float = Field(1.0, gt=0, title="amax learning-rate multiplier (learn_amax)")
+
+
+class ScheduleSpec(Section):
+    """Learning-rate schedule."""
+
+    name: Literal["constant", "one_cycle", "cosine", "multistep"] = Field("constant", title="Schedule")
+    warmup_steps: int = Field(0, ge=0, title="Warm-up steps (cosine)")
+    milestones: list[int] = Field(default_factory=list, title="Milestones (multistep)")
+    gamma: float = Field(0.1, gt=0, title="Decay factor (multistep)")
+    max_lr: float | None = Field(None, gt=0, title="Peak lr (one_cycle)")
+    pct_start: float = Field(0.4, gt=0, lt=1, title="Warm-up fraction (one_cycle)")
+    div_factor: float = Field(10.0, gt=0, title="Initial lr = max_lr / div_factor (one_cycle)")
+    final_div_factor: float = Field(1e4, gt=0, title="Final lr = initial / final_div_factor (one_cycle)")
+
+
+class QatSection(Section):
+    """Quantization-aware fine-tuning."""
+
+    steps: int | None = Field(None, ge=1, title="Steps")
+    epochs: int | None = Field(None, ge=1, title="Epochs")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, title="Optimizer")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, title="LR schedule")
+    grad_clip: float | None = Field(None, gt=0, title="Gradient clipping (max norm)")
+    freeze_bn_after: int | None = Field(None, ge=0, title="Freeze BN statistics after N steps")
+    loss_weights: dict[str, float] = Field(default_factory=dict, title="Weights of a dict of losses")
+    eval_every: int | None = Field(None, ge=1, title="Evaluate every N steps")
+    keep_best: str | None = Field(None, title="Keep the best checkpoint by this metric")
+    checkpoint_every: int | None = Field(None, ge=1, title="Checkpoint every N steps")
+    seed: int = Field(0, title="Seed")
+
+    @model_validator(mode="after")
+    def _length(self) -> QatSection:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("qat needs exactly one of: steps, epochs")
+        return self
+
+
+# --------------------------------------------------------------------------- export
+class ExportBase(Section):
+    module: str | None = Field(
+        None, title="Module", description="Sub-module path to export (default: the whole model)."
+    )
+    path: str = Field(title="Path", description="Output file name inside the run directory.")
+
+
+class OnnxQdqExport(ExportBase):
+    """Dense parts: ONNX with QuantizeLinear/DequantizeLinear pairs."""
+
+    format: Literal["onnx-qdq"] = Field(title="Format")
+    opset: int = Field(17, ge=13, title="ONNX opset")
+    fp16: bool = Field(False, title="FP16 graph")
+    dynamic_axes: dict[str, dict[int, str]] | None = Field(None, title="Dynamic axes per input name")
+    tolerance: float = Field(
+        1.0, gt=0, title="Tolerance", description="Max |ORT - PyTorch| in output quantization steps."
+    )
+
+
+class OnnxSparseExport(ExportBase):
+    """spconv parts: the libspconv sparse ONNX format."""
+
+    format: Literal["onnx-sparse"] = Field(title="Format")
+    layout: Literal["xyz", "zyx"] = Field("zyx", title="Index layout of the runtime voxel indices")
+    output_bound_headroom: float = Field(1.5, ge=1.0, title="output_bound = max voxels seen x headroom")
+    tolerance: float = Field(0.05, gt=0, title="Max relative |executor - PyTorch|")
+
+
+class TensorRTExport(ExportBase):
+    """A TensorRT engine built from an onnx-qdq export (GPU only)."""
+
+    format: Literal["tensorrt"] = Field(title="Format")
+    source: str = Field(title="Source", description="`path` of the onnx-qdq export to build from.")
+    workspace_gb: float = Field(2.0, gt=0, title="Workspace (GiB)")
+    required: bool = Field(False, title="Required", description="Fail (instead of skip) without a GPU.")
+
+
+ExportEntry = Annotated[OnnxQdqExport | OnnxSparseExport | TensorRTExport, Field(discriminator="format")]
+
+
+# --------------------------------------------------------------------------- tuning
+class TuneSection(Section):
+    """Accuracy-driven tuning: disable the most sensitive groups until the drop is within budget."""
+
+    metric: str = Field(title="Metric", description="Key of the evaluate() result to protect.")
+    max_drop: float = Field(gt=0, title="Maximum drop")
+    relative: bool = Field(False, title="Relative", description="max_drop is a fraction of the FP32 metric.")
+    budget: int = Field(20, ge=1, title="Evaluation budget")
+    higher_is_better: bool = Field(True, title="Higher is better")
+
+
+# --------------------------------------------------------------------------- the recipe
+class Recipe(Section):
+    """A recipe-engine recipe (schema v1)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, title="recipe-engine recipe")
+
+    recipe: str = Field(
+        title="Name", description="Recipe name used in the catalogue and the lock.", pattern=r"^[A-Za-z0-9_.\-/]+$"
+    )
+    version: str = Field(title="Version", description="Semantic version, bumped when behaviour changes.")
+    description: str = Field("", title="Description")
+    extends: str | list[str] | None = Field(
+        None,
+        title="Extends",
+        description="Parent recipe(s) (relative path or catalogue name), deep-merged under this one.",
+    )
+    vars: dict[str, Any] = Field(
+        default_factory=dict, title="Template variables", description="Values for {{ name }} in this file."
+    )
+    model: ModelSection | None = Field(None, title="Model")
+    data: DataSection | None = Field(None, title="Data")
+    quantizers: dict[str, QuantizerSpec] = Field(
+        default_factory=dict, title="Quantizer descriptors", description="Named descriptors used by rules."
+    )
+    fuse: list[FuseEntry] = Field(default_factory=list, title="Fusions")
+    rules: list[Rule] = Field(default_factory=list, title="Quantization rules")
+    share: list[ShareRef] = Field(default_factory=list, title="Shared scales")
+    disable: list[str] = Field(
+        default_factory=list,
+        title="Disabled",
+        description="Quantizer names, op sites or module paths (glob or re:) that run in full precision.",
+    )
+    calibration: CalibrationSection = Field(default_factory=CalibrationSection, title="Calibration")
+    qat: QatSection | None = Field(None, title="QAT")
+    tune: TuneSection | None = Field(None, title="Tuning")
+    export: list[ExportEntry] = Field(default_factory=list, title="Exports")
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, value: str) -> str:
+        if not SEMVER.match(value):
+            raise ValueError(f"version must be semantic (MAJOR.MINOR.PATCH), got {value!r}")
+        return value
+
+    def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """Cross-references pydantic cannot check field by field: (location, message) pairs."""
+        errors: list[tuple[tuple[str | int, ...], str]] = []
+        names = sorted(self.quantizers)
+
+        def check(ref: Any, loc: tuple[str | int, ...]) -> None:
+            if isinstance(ref, str) and ref not in self.quantizers:
+                known = ", ".join(names) or "none defined"
+                errors.append((loc, f"unknown quantizer {ref!r} (defined in `quantizers:`: {known})"))
+
+        for i, rule in enumerate(self.rules):
+            if isinstance(rule.quantize, QuantizeSpec):
+                check(rule.quantize.input, ("rules", i, "quantize", "input"))
+                check(rule.quantize.weight, ("rules", i, "quantize", "weight"))
+            for op, ref in (rule.ops or {}).items():
+                if ref is not False:
+                    check(ref, ("rules", i, "ops", op))
+        seen: set[str] = set()
+        for i, entry in enumerate(self.export):
+            if entry.path in seen:
+                errors.append((("export", i, "path"), f"export path {entry.path!r} is used twice"))
+            seen.add(entry.path)
+        return errors
+
+    def factories(self) -> list[str]:
+        """Every 'module:callable' this recipe would import and run (its trust surface)."""
+        found: list[str] = []
+        if self.model:
+            found.append(self.model.factory)
+        if self.data:
+            for ref in (self.data.calibration, self.data.validation, self.data.train):
+                if ref is not None:
+                    found.append(ref.factory)
+            found += [c for c in (self.data.forward, self.data.evaluate, self.data.loss) if c]
+        for entry in self.fuse:
+            if entry.block and ":" in entry.block:
+                found.append(entry.block)
+        return list(dict.fromkeys(found))
