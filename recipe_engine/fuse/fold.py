@@ -1,0 +1,110 @@
+"""BatchNorm folding maths, in float64, for dense and sparse convolutions and linear layers.
+
+For a conv ``y = W x + b`` followed by BN ``z = gamma (y - mean) / sqrt(var + eps) + beta``
+the folded layer is ``W' = W s`` and ``b' = (b - mean) s + beta`` with
+``s = gamma / sqrt(var + eps)`` applied per *output* channel. The output-channel axis of the
+weight depends on the layer: 0 for Conv/Linear/spconv ([O, k.., I]), and for ConvTranspose
+the weight is [I, O/groups, k..] so the scale runs along axis 1 within each group.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..quant import sparse
+from ..recipe.errors import RecipeError
+
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, _BATCHNORMS)
+
+
+def is_foldable_layer(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *_TRANSPOSED)) or \
+        sparse.is_sparse_conv(module)
+
+
+def out_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return module.out_channels
+
+
+def bn_scale_shift(bn: nn.Module, name: str = "", allow_training: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) of an eval-mode BN, in float64."""
+    if bn.training and not allow_training:
+        raise RecipeError(f"cannot fold {name or 'BatchNorm'}: it is in training mode",
+                          hint="call model.eval() first, or set `with: {allow_training: true}` on the fuse entry")
+    if bn.running_mean is None or bn.running_var is None:
+        raise RecipeError(f"cannot fold {name or 'BatchNorm'}: it has no running statistics "
+                          "(track_running_stats=False)", hint="BN without running stats cannot be folded")
+    var = bn.running_var.detach().double()
+    mean = bn.running_mean.detach().double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return scale, beta - mean * scale
+
+
+def _scale_weight(layer: nn.Module, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, _TRANSPOSED):
+        groups = layer.groups
+        in_ch, out_per_group = weight.shape[0], weight.shape[1]
+        grouped = weight.reshape(groups, in_ch // groups, out_per_group, *weight.shape[2:])
+        factor = scale.reshape(groups, 1, out_per_group, *([1] * (weight.dim() - 2)))
+        return (grouped * factor).reshape(weight.shape)
+    return weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+
+
+def fold_batchnorm(layer: nn.Module, bn: nn.Module, *, name: str = "", allow_training: bool = False) -> None:
+    """Fold ``bn`` into ``layer`` in place (parameters keep their identity; a bias is added if missing)."""
+    if bn.num_features != out_channels(layer):
+        raise RecipeError(f"cannot fold {name}: BN has {bn.num_features} features, the layer "
+                          f"{out_channels(layer)} output channels")
+    scale, shift = bn_scale_shift(bn, name, allow_training)
+    weight = layer.weight
+    folded = _scale_weight(layer, weight.detach().double(), scale)
+    bias = layer.bias.detach().double() if layer.bias is not None else torch.zeros_like(shift)
+    new_bias = bias * scale + shift
+    with torch.no_grad():
+        weight.copy_(folded.to(weight.dtype))
+        if layer.bias is not None:
+            layer.bias.copy_(new_bias.to(layer.bias.dtype))
+        else:
+            layer.bias = nn.Parameter(new_bias.to(dtype=weight.dtype, device=weight.device),
+                                      requires_grad=weight.requires_grad)
+    _rescale_weight_amax(layer, scale, name)
+    if sparse.is_sparse_conv(layer):
+        _make_cpu_safe(layer)
+
+
+def _rescale_weight_amax(layer: nn.Module, scale: torch.Tensor, name: str) -> None:
+    """Keep a calibrated per-channel weight amax consistent with the folded weight."""
+    quantizer = getattr(layer, "_weight_quantizer", None)
+    amax = getattr(quantizer, "_amax", None) if quantizer is not None else None
+    if amax is None:
+        return
+    if amax.numel() != scale.numel():
+        raise RecipeError(f"cannot fold {name} after calibration: its weight quantizer is per tensor",
+                          hint="fold before calibration (phase: before_calibration) or use per_channel weights")
+    with torch.no_grad():
+        amax.copy_((amax.double() * scale.abs().reshape(amax.shape)).to(amax.dtype))
+
+
+def _make_cpu_safe(layer: nn.Module) -> None:
+    """A biased spconv conv must apply its bias in PyTorch on CPU: give it the engine's forward."""
+    if not isinstance(layer, sparse.QuantSparseConvMixin):
+        sparse.swap_sparse_module(layer, None, None)
+
+
+def fold_relu_into_sparse(layer: nn.Module) -> None:
+    """Set a spconv conv's fused activation to ReLU (applied by the engine's sparse forward)."""
+    import cumm.tensorview as tv
+    from spconv.pytorch.conv import SparseConvolution  # noqa: F401 - only reached with spconv present
+
+    layer.act_type = tv.gemm.Activation.ReLU
+    _make_cpu_safe(layer)

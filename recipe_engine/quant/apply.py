@@ -1,0 +1,259 @@
+"""Turn a recipe's rules, share groups and disable list into quantizers inside a model.
+
+``plan_quantization`` only selects (nothing changes); ``apply_quantization`` swaps modules,
+installs op-site hooks, creates and ties quantizers and records everything in a
+:class:`QuantState` attached to the model (``model.recipe_state``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..recipe.errors import RecipeError
+from ..recipe.schema import QuantizerSpec, QuantizeSpec, Recipe, ShareGroup
+from ..select import match_name, select, select_names
+from . import backend, sparse
+from .ops import SITES_ATTR, discover_sites, install_op_hooks
+
+STATE_ATTR = "recipe_state"
+
+
+@dataclass
+class ModuleAssignment:
+    """The quantizers one module will get, and the rule that decided it."""
+
+    name: str
+    kind: str  # "dense" | "sparse"
+    input: QuantizerSpec | None
+    weight: QuantizerSpec | None
+    rule: int
+
+
+@dataclass
+class OpAssignment:
+    name: str
+    kinds: dict[str, QuantizerSpec]
+    rule: int
+
+
+@dataclass
+class QuantPlan:
+    """What the recipe selects, before anything changes."""
+
+    modules: dict[str, ModuleAssignment] = field(default_factory=dict)
+    ops: dict[str, OpAssignment] = field(default_factory=dict)
+    rule_matches: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class QuantState:
+    """The quantizers of a quantized model, by name. Shared quantizers appear under several names."""
+
+    quantizers: dict[str, backend.Quantizer] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)  # quantizer name -> owning module path
+    op_sites: dict[str, list[str]] = field(default_factory=dict)
+    groups: list[list[str]] = field(default_factory=list)  # share groups, resolved to names
+    disabled: list[str] = field(default_factory=list)
+    fused: list = field(default_factory=list)  # fusions applied before quantization
+
+    def unique(self) -> list[tuple[list[str], backend.Quantizer]]:
+        """Each distinct quantizer object once, with all the names it answers to."""
+        seen: dict[int, tuple[list[str], backend.Quantizer]] = {}
+        for name, quantizer in self.quantizers.items():
+            seen.setdefault(id(quantizer), ([], quantizer))[0].append(name)
+        return list(seen.values())
+
+    def enabled_count(self) -> int:
+        return sum(1 for _, q in self.unique() if backend.is_enabled(q))
+
+
+def _resolve(ref, recipe: Recipe) -> QuantizerSpec | None:
+    if ref is None or ref is False:
+        return None
+    return recipe.quantizers[ref] if isinstance(ref, str) else ref
+
+
+def _kind(module: nn.Module) -> str | None:
+    if sparse.is_sparse_conv(module):
+        return "sparse"
+    if type(module) in backend.DENSE_QUANT_CLASSES or isinstance(module, backend.QUANTIZED_DENSE_CLASSES):
+        return "dense"
+    return None
+
+
+def plan_quantization(model: nn.Module, recipe: Recipe) -> QuantPlan:
+    """Apply every rule's selector in order; later rules override earlier ones per module."""
+    plan = QuantPlan()
+    named = list(model.named_modules())
+    for index, rule in enumerate(recipe.rules):
+        matches = select(model, rule.select, what=f"rules[{index}].select", modules=named)
+        plan.rule_matches.append([m.name for m in matches])
+        if rule.quantize is not None:
+            typed = not isinstance(rule.select, str) and rule.select.type is not None
+            quantizable = [m for m in matches if _kind(m.module)]
+            if typed and len(quantizable) < len(matches):
+                bad = next(m for m in matches if not _kind(m.module))
+                raise RecipeError(f"rules[{index}] selects {bad.name} ({type(bad.module).__name__}), which has no "
+                                  "quantized version", hint="quantize layers (Conv*, ConvTranspose*, Linear, pooling, "
+                                  "spconv convolutions); use `ops:` for adds and concats inside blocks")
+            if not quantizable and matches:
+                raise RecipeError(f"rules[{index}] `quantize` selects no quantizable layer (matched "
+                                  f"{', '.join(m.name for m in matches[:5])})",
+                                  hint="select Conv/Linear/pooling/spconv layers, e.g. {type: Conv2d}")
+            for match in quantizable:
+                if rule.quantize is False:
+                    plan.modules.pop(match.name, None)
+                    continue
+                spec: QuantizeSpec = rule.quantize
+                weight = _resolve(spec.weight, recipe)
+                if weight is not None and not backend.has_weight_slot(match.module):
+                    raise RecipeError(f"rules[{index}]: {match.name} ({type(match.module).__name__}) has no weight",
+                                      hint="give pooling layers an `input` quantizer only")
+                plan.modules[match.name] = ModuleAssignment(match.name, _kind(match.module),
+                                                            _resolve(spec.input, recipe), weight, index)
+        if rule.ops is not None:
+            for match in matches:
+                current = plan.ops.get(match.name) or OpAssignment(match.name, {}, index)
+                for kind, ref in rule.ops.items():
+                    if ref is False:
+                        current.kinds.pop(kind, None)
+                    else:
+                        current.kinds[kind] = _resolve(ref, recipe)
+                current.rule = index
+                if current.kinds:
+                    plan.ops[match.name] = current
+                else:
+                    plan.ops.pop(match.name, None)
+    return plan
+
+
+def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | None = None,
+                       op_sites: dict[str, list[str]] | None = None,
+                       run_forward: Callable[[], object] | None = None) -> QuantState:
+    """Quantize ``model`` in place according to ``recipe``.
+
+    Op sites are found by calling ``run_forward`` once (a forward on one calibration batch),
+    unless ``op_sites`` (saved from an earlier run) is given.
+    """
+    plan = plan or plan_quantization(model, recipe)
+    modules = dict(model.named_modules())
+    state = QuantState()
+    calibration = recipe.calibration
+    for name, assignment in plan.modules.items():
+        module = modules[name]
+        axis = backend.weight_channel_axis(module)
+        input_q = backend.make_quantizer(assignment.input, calibration) if assignment.input else None
+        weight_q = backend.make_quantizer(assignment.weight, calibration, axis) if assignment.weight else None
+        if assignment.kind == "sparse":
+            sparse.swap_sparse_module(module, input_q, weight_q)
+        else:
+            backend.swap_dense_module(module, input_q, weight_q)
+        if input_q is not None:
+            state.quantizers[f"{name}.input"] = input_q
+            state.owners[f"{name}.input"] = name
+        if weight_q is not None:
+            state.quantizers[f"{name}.weight"] = weight_q
+            state.owners[f"{name}.weight"] = name
+    if plan.ops:
+        owners = {name: modules[name] for name in plan.ops}
+        for name, assignment in plan.ops.items():
+            install_op_hooks(owners[name], set(assignment.kinds))
+        if op_sites is None:
+            if run_forward is None:
+                raise RecipeError("op-input rules need one forward pass to find their op sites",
+                                  hint="give calibration data (data.calibration) in the recipe")
+            op_sites = discover_sites(model, owners, run_forward)
+        for name, assignment in plan.ops.items():
+            sites = [s for s in op_sites.get(name, []) if s.rstrip("0123456789") in assignment.kinds]
+            if not sites:
+                kinds = "/".join(sorted(assignment.kinds))
+                raise RecipeError(f"rules[{assignment.rule}].ops: module {name} ({type(owners[name]).__name__}) runs "
+                                  f"no {kinds} directly in its forward",
+                                  hint="select the module whose own forward contains the op (not a parent)")
+            table = nn.ModuleDict()
+            for site in sites:
+                kind = site.rstrip("0123456789")
+                quantizer = backend.make_quantizer(assignment.kinds[kind], calibration)
+                table[site] = quantizer
+                state.quantizers[f"{name}.{site}"] = quantizer
+                state.owners[f"{name}.{site}"] = name
+            setattr(owners[name], SITES_ATTR, table)
+            state.op_sites[name] = sites
+    _apply_shares(model, recipe, state)
+    setattr(model, STATE_ATTR, state)
+    return state
+
+
+def _slot(model_modules: dict[str, nn.Module], state: QuantState, name: str) -> tuple[nn.Module, str, str | None]:
+    """(holder module, attribute, op-site key) of a quantizer name."""
+    owner = model_modules[state.owners[name]]
+    suffix = name[len(state.owners[name]) + 1:]
+    if suffix == "input":
+        return owner, "_input_quantizer", None
+    if suffix == "weight":
+        return owner, "_weight_quantizer", None
+    return getattr(owner, SITES_ATTR), suffix, suffix
+
+
+def _apply_shares(model: nn.Module, recipe: Recipe, state: QuantState) -> None:
+    modules = dict(model.named_modules())
+    names = list(state.quantizers)
+    for index, entry in enumerate(recipe.share):
+        group = entry if isinstance(entry, ShareGroup) else ShareGroup(quantizers=list(entry))
+        members = select_names(names, group.quantizers, what=f"share[{index}]", optional=group.optional)
+        if len(members) < 2:
+            if group.optional:
+                continue
+            raise RecipeError(f"share[{index}] resolves to {members}: a share group needs two or more quantizers")
+        leader = state.quantizers[members[0]]
+        for member in members[1:]:
+            current = state.quantizers[member]
+            if current is leader:
+                continue
+            if not backend.compatible(leader, current):
+                raise RecipeError(f"share[{index}]: {member} and {members[0]} have different descriptors "
+                                  f"({backend.quantizer_summary(current)} vs {backend.quantizer_summary(leader)})",
+                                  hint="shared quantizers need the same bits, axis, sign and calibrator")
+            for other_name, other in list(state.quantizers.items()):
+                if other is current:
+                    holder, attr, site = _slot(modules, state, other_name)
+                    if site is not None:
+                        holder[site] = leader
+                    else:
+                        setattr(holder, attr, leader)
+                    state.quantizers[other_name] = leader
+        state.groups.append(members)
+
+
+def disable_matching(state: QuantState, patterns: list[str], *, what: str = "disable") -> list[str]:
+    """Disable quantizers whose name, owning module or an ancestor of it matches a pattern."""
+    disabled: list[str] = []
+    for pattern in patterns:
+        hits = []
+        for name, owner in state.owners.items():
+            parts = owner.split(".")
+            candidates = [name] + [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+            if any(match_name(pattern, c) for c in candidates):
+                hits.append(name)
+        if not hits:
+            select_names(list(state.quantizers), [pattern], what=what)  # raises with the nearest names
+        for name in hits:
+            backend.set_enabled(state.quantizers[name], False)
+            if name not in disabled:
+                disabled.append(name)
+    # a shared quantizer disabled under one name is disabled under all of them
+    for name, quantizer in state.quantizers.items():
+        if not backend.is_enabled(quantizer) and name not in disabled:
+            disabled.append(name)
+    state.disabled = sorted(set(state.disabled) | set(disabled))
+    return disabled
+
+
+def get_state(model: nn.Module) -> QuantState:
+    state = getattr(model, STATE_ATTR, None)
+    if state is None:
+        raise RecipeError("this model has not been quantized by recipe-engine (call apply() first)")
+    return state

@@ -1,0 +1,122 @@
+"""Quantized spconv 2.x sparse convolutions.
+
+A selected spconv module keeps its identity, attributes (indice_key, act_type, algo, ...)
+and parameters; its class becomes a generated subclass ``Quant<Name>`` of its own class
+whose forward fake-quantizes the input features (per tensor) and the weight (per output
+channel: axis 0 of spconv 2.x's ``[O, k.., I]`` layout) and then runs spconv's own
+convolution through the public module path ``_conv_forward`` of the same class.
+
+Bias and activation are applied in PyTorch after the convolution: spconv's CPU kernels
+refuse a fused bias/activation in inference ("cpu don't support act and bias"), so this
+also lets folded (biased) and ReLU-fused sparse convs run on CPU. With both quantizers
+disabled the output equals the original layer's bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from .backend import Quantizer, identity_quantizer
+
+try:  # spconv is optional: dense-only models work without it
+    import spconv.pytorch as spconv
+    from spconv.core import ConvAlgo  # noqa: F401  (imported to fail early on a broken install)
+    from spconv.pytorch.conv import SparseConvolution
+    from spconv.pytorch.core import SparseConvTensor
+
+    HAVE_SPCONV = True
+except ImportError:  # pragma: no cover - exercised on machines without spconv
+    spconv = None
+    SparseConvolution = None
+    SparseConvTensor = None
+    HAVE_SPCONV = False
+
+
+def is_sparse_conv(module: nn.Module) -> bool:
+    return HAVE_SPCONV and isinstance(module, SparseConvolution)
+
+
+def is_sparse_tensor(value: object) -> bool:
+    return HAVE_SPCONV and isinstance(value, SparseConvTensor)
+
+
+def activation_name(module: nn.Module) -> str:
+    """'ReLU', 'None', ... from a spconv module's act_type."""
+    act = getattr(module, "act_type", None)
+    text = str(act).split(".")[-1] if act is not None else "None_"
+    return {"None_": "None"}.get(text, text)
+
+
+def apply_activation(features: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """Apply a spconv module's fused activation in PyTorch."""
+    name = activation_name(module)
+    if name == "None":
+        return features
+    if name == "ReLU":
+        return torch.relu(features)
+    if name == "LeakyReLU":
+        return torch.nn.functional.leaky_relu(features, module.act_alpha)
+    if name == "Sigmoid":
+        return torch.sigmoid(features)
+    raise NotImplementedError(f"spconv activation {name}")
+
+
+class QuantSparseConvMixin:
+    """Forward of a quantized spconv convolution (see the module docstring)."""
+
+    _input_quantizer: Quantizer
+    _weight_quantizer: Quantizer
+
+    def forward(self, input, add_input=None):  # noqa: A002 - spconv's signature
+        if add_input is not None:
+            raise NotImplementedError("quantized sparse conv with add_input: write the add in the block forward")
+        features = self._input_quantizer(input.features)
+        x = input.replace_feature(features) if features is not input.features else input
+        weight = self._weight_quantizer(self.weight)
+        none_act = type(self.act_type).None_
+        out = self._conv_forward(self.training, x, weight, None, None, name=self.name,
+                                 sparse_unique_name=self._sparse_unique_name, act_type=none_act,
+                                 act_alpha=self.act_alpha, act_beta=self.act_beta)
+        result = out.features
+        if self.bias is not None:
+            result = result + self.bias
+        result = apply_activation(result, self)
+        return out.replace_feature(result) if result is not out.features else out
+
+    @property
+    def input_quantizer(self) -> Quantizer:
+        return self._input_quantizer
+
+    @property
+    def weight_quantizer(self) -> Quantizer:
+        return self._weight_quantizer
+
+
+@functools.cache
+def quant_class_for(cls: type) -> type:
+    """The generated quantized subclass of a spconv convolution class."""
+    if issubclass(cls, QuantSparseConvMixin):
+        return cls
+    return type(f"Quant{cls.__name__}", (QuantSparseConvMixin, cls), {"__module__": __name__})
+
+
+def swap_sparse_module(module: nn.Module, input_quantizer: Quantizer | None,
+                       weight_quantizer: Quantizer | None) -> nn.Module:
+    """Make ``module`` (a spconv convolution) quantized, in place; no parameter is copied."""
+    if not is_sparse_conv(module):
+        raise TypeError(f"{type(module).__name__} is not a spconv convolution")
+    module.__class__ = quant_class_for(type(module))
+    module._input_quantizer = input_quantizer or identity_quantizer()
+    module._weight_quantizer = weight_quantizer or identity_quantizer()
+    return module
+
+
+def original_class(module: nn.Module) -> type:
+    """The spconv class a quantized sparse module was made from."""
+    cls = type(module)
+    if issubclass(cls, QuantSparseConvMixin):
+        return next(base for base in cls.__mro__[1:] if not issubclass(base, QuantSparseConvMixin))
+    return cls
