@@ -71,8 +71,11 @@ def finish_calibration(state: QuantState, settings: CalibrationSection) -> dict[
             if not backend.is_histogram(quantizer):
                 method = "max"
             try:
-                amax = compute_amax(backend.calibrator_of(quantizer), method, percentile=settings.percentile,
-                                    start_bin=settings.start_bin, stride=settings.stride)
+                if method == "max" and backend.is_histogram(quantizer):
+                    amax = backend.histogram_range(quantizer)
+                else:
+                    amax = compute_amax(backend.calibrator_of(quantizer), method, percentile=settings.percentile,
+                                        start_bin=settings.start_bin, stride=settings.stride)
             except ValueError as exc:
                 raise RecipeError(f"quantizer {label}: {exc}") from None
             amax = _check_amax(label, amax)

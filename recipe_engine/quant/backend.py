@@ -158,6 +158,12 @@ def is_histogram(quantizer: Quantizer) -> bool:
     return isinstance(getattr(quantizer, "_calibrator", None), HistogramCalibrator)
 
 
+def histogram_range(quantizer: Quantizer) -> torch.Tensor:
+    """The largest absolute value a histogram calibrator has seen (its last bin edge)."""
+    edges = quantizer._calibrator._calib_bin_edges
+    return torch.as_tensor(edges[-1]).detach().float().clone()
+
+
 def calibrator_of(quantizer: Quantizer):
     return getattr(quantizer, "_calibrator", None)
 
