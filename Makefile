@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/recipe schema --check
 	$(VENV)/bin/ruff check recipe_engine tests benchmarks
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
 	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done

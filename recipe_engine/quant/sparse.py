@@ -27,6 +27,9 @@ try:  # spconv is optional: dense-only models work without it
     from spconv.pytorch.conv import SparseConvolution
     from spconv.pytorch.core import SparseConvTensor
 
+    from ..compat import spconv_cpu
+
+    spconv_cpu.install()
     HAVE_SPCONV = True
 except ImportError:  # pragma: no cover - exercised on machines without spconv
     spconv = None
