@@ -153,8 +153,8 @@ def select(model: nn.Module, selector: str | Selector, *, what: str = "selector"
     found: list[Match] = []
     pool = list(modules) if modules is not None else list(model.named_modules())
     for name, module in pool:
-        if not name:
-            continue
+        if not name and (sel.name is not None or sel.under is not None):
+            continue  # the root module has no path: only a type selector can select it
         if sel.name is not None and not match_any(sel.name, name):
             continue
         if types and not _type_matches(module, types, sel.exact):

@@ -80,3 +80,23 @@ class TinyDenseNet(nn.Module):
         up = self.up(self.stem(x))
         lateral = nn.functional.interpolate(self.lateral(self.stem(x)), scale_factor=2.0)
         return self.head(torch.cat([up, lateral], 1))
+
+
+# ----------------------------------------------------------------------------- recipe factories
+def build_dense(seed: int = 0) -> TinyDenseNet:
+    """A TinyDenseNet with non-trivial BN statistics (a `model.factory` for test recipes)."""
+    torch.manual_seed(seed)
+    model = TinyDenseNet().eval()
+    randomize_bn(model, seed)
+    return model
+
+
+def dense_batches(count: int = 4, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 3, 8, 8, generator=generator) for _ in range(count)]
+
+
+def output_energy(model: nn.Module, batches) -> dict[str, float]:
+    """A stand-in metric: mean squared output (deterministic; changes when quantization changes)."""
+    total = sum(float(model(b).square().mean()) for b in batches)
+    return {"energy": total / len(batches)}

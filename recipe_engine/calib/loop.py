@@ -45,7 +45,12 @@ def collect_statistics(model: nn.Module, state: QuantState, batches: Iterable, f
             total = min(total, len(batches))
         with torch.no_grad():
             for batch in progress(items, total=total, description="calibrating", enabled=show_progress):
-                forward(model, batch)
+                try:
+                    forward(model, batch)
+                except (RuntimeError, ValueError) as exc:
+                    hint = "the batch contains NaN/inf values" if "finite" in str(exc) or "nan" in str(exc) \
+                        else "run the FP32 model on this batch to check the data and the forward adapter"
+                    raise RecipeError(f"calibration batch {count} failed: {exc}", hint=hint) from exc
                 count += 1
     finally:
         for quantizer in quantizers:

@@ -70,6 +70,11 @@ class QuantState:
         return sum(1 for _, q in self.unique() if backend.is_enabled(q))
 
 
+def qualify(owner: str, leaf: str) -> str:
+    """The quantizer name of ``leaf`` (input, weight, add0...) in module ``owner`` ('' is the root)."""
+    return f"{owner}.{leaf}" if owner else leaf
+
+
 def _resolve(ref, recipe: Recipe) -> QuantizerSpec | None:
     if ref is None or ref is False:
         return None
@@ -152,11 +157,11 @@ def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | No
         else:
             backend.swap_dense_module(module, input_q, weight_q)
         if input_q is not None:
-            state.quantizers[f"{name}.input"] = input_q
-            state.owners[f"{name}.input"] = name
+            state.quantizers[qualify(name, "input")] = input_q
+            state.owners[qualify(name, "input")] = name
         if weight_q is not None:
-            state.quantizers[f"{name}.weight"] = weight_q
-            state.owners[f"{name}.weight"] = name
+            state.quantizers[qualify(name, "weight")] = weight_q
+            state.owners[qualify(name, "weight")] = name
     if plan.ops:
         owners = {name: modules[name] for name in plan.ops}
         for name, assignment in plan.ops.items():
@@ -178,8 +183,8 @@ def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | No
                 kind = site.rstrip("0123456789")
                 quantizer = backend.make_quantizer(assignment.kinds[kind], calibration)
                 table[site] = quantizer
-                state.quantizers[f"{name}.{site}"] = quantizer
-                state.owners[f"{name}.{site}"] = name
+                state.quantizers[qualify(name, site)] = quantizer
+                state.owners[qualify(name, site)] = name
             setattr(owners[name], SITES_ATTR, table)
             state.op_sites[name] = sites
     _apply_shares(model, recipe, state)
@@ -190,7 +195,8 @@ def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | No
 def _slot(model_modules: dict[str, nn.Module], state: QuantState, name: str) -> tuple[nn.Module, str, str | None]:
     """(holder module, attribute, op-site key) of a quantizer name."""
     owner = model_modules[state.owners[name]]
-    suffix = name[len(state.owners[name]) + 1:]
+    owner_path = state.owners[name]
+    suffix = name[len(owner_path) + 1:] if owner_path else name
     if suffix == "input":
         return owner, "_input_quantizer", None
     if suffix == "weight":
