@@ -287,6 +287,9 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: 
     timings["total_seconds"] = time.perf_counter() - started
     metrics["timings"] = timings
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+    from .analyze.report import write_report
+
+    write_report(model, loaded, out, metrics, next(iter(calib_batches)), forward)
     return metrics
 
 

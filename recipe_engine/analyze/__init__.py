@@ -1,0 +1,1 @@
+"""Analysis: per-quantizer fidelity, sensitivity, tuning and the run report."""

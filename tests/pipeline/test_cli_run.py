@@ -73,3 +73,18 @@ def test_run_with_selector_that_matches_nothing_is_a_clean_error(tmp_path) -> No
     assert result.exit_code == 1
     assert "rules[0].select" in result.output and "selects nothing" in result.output and "stem.0" in result.output
     assert "Traceback" not in result.output
+
+
+def test_report_links_existing_images_and_matches_metrics(tmp_path) -> None:
+    import re
+
+    out = tmp_path / "run"
+    assert CliRunner().invoke(main, ["run", str(_write(tmp_path)), "--out", str(out)]).exit_code == 0
+    report = (out / "report.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert images and all((out / image).is_file() for image in images)
+    assert f"| quantizers enabled | {metrics['quantizers']} |" in report
+    assert f"| fp32 energy | {metrics['fp32']['energy']:.4g} |" in report
+    assert f"| int8 energy | {metrics['int8']['energy']:.4g} |" in report
+    assert "| lateral.input | input | no |" in report
