@@ -176,5 +176,39 @@ def run(recipe_file: str, overrides: tuple[str, ...], out_dir: Path | None) -> N
         click.echo("metrics: " + json.dumps(summary))
 
 
+@main.command()
+@click.argument("recipe_file", metavar="RECIPE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output directory (default: runs/<recipe name>-sensitivity).")
+@click.option("--max-drop", type=float, default=None,
+              help="Allowed drop of the evaluate metric for the derived recipe (default 1.0).")
+@click.option("--min-sqnr", type=float, default=30.0, show_default=True,
+              help="Target output SQNR (dB) for the derived recipe when the recipe has no data.evaluate.")
+def sensitivity(recipe_file: str, overrides: tuple[str, ...], out_dir: Path | None, max_drop: float | None,
+                min_sqnr: float) -> None:
+    """Per-group sensitivity table, CSV/JSON, bar chart and a derived recipe that meets a target."""
+    from .analyze.runner import run_sensitivity
+    from .recipe import load_recipe
+
+    loaded = load_recipe(recipe_file, overrides)
+    target = out_dir or Path("runs") / (loaded.spec.recipe.replace("/", "_") + "-sensitivity")
+    table = run_sensitivity(loaded, target, max_drop=max_drop, min_sqnr=min_sqnr)
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table("group", "only this", "all but this", "gain if disabled", box=None,
+                 title=f"{table['metric']}: fp32 {table['fp32']:.4g}, int8 {table['int8']:.4g}")
+    for row in table["groups"]:
+        view.add_row(row["group"], f"{row['only_this']:.4g}", f"{row['all_but_this']:.4g}",
+                     f"{row['gain_if_disabled']:+.4g}")
+    Console(width=160).print(view)
+    derived = table["derived"]
+    status = "meets" if derived["success"] else "does NOT meet"
+    click.echo(f"derived recipe {derived['path']} disables {len(derived['disabled_groups'])} group(s) and "
+               f"{status} the target {derived['target']:.4g} ({table['metric']} {derived['steps'][-1]['metric']:.4g})")
+    click.echo(f"wrote {target}/sensitivity.json, sensitivity.csv, sensitivity.png")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

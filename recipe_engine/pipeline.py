@@ -263,6 +263,16 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: 
         metrics["int8"] = data_mod.run_evaluate(evaluate, model, val_batches)
         timings["evaluate_int8_seconds"] = time.perf_counter() - tick
 
+    if spec.tune is not None:
+        from .analyze.runner import run_tune
+
+        tick = time.perf_counter()
+        metrics["tune"] = run_tune(model, loaded, out, calib_batches, val_batches, forward, evaluate,
+                                   metrics.get("fp32"))
+        metrics["int8"] = data_mod.run_evaluate(evaluate, model, val_batches)
+        timings["tune_seconds"] = time.perf_counter() - tick
+        state.disabled = sorted(set(state.disabled) | set(metrics["tune"]["disabled_quantizers"]))
+
     if spec.qat is not None:
         from .train.qat import run_qat
 

@@ -1,0 +1,142 @@
+"""``recipe sensitivity`` and the ``tune:`` step of ``recipe run``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from .. import data as data_mod
+from ..quant import backend
+from ..quant.apply import get_state
+from ..recipe.errors import RecipeError
+from ..recipe.loader import LoadedRecipe
+from ..recipe.lock import lock_text, recipe_sha256
+from ..util.atomic import atomic_path, atomic_write_text
+from .fidelity import measure_fidelity
+from .sensitivity import FIDELITY_METRIC, Scorer, SensitivityResult, enabled_groups, greedy_disable, profile
+
+
+def _bar_chart(result: SensitivityResult, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result.ranked()[:30]
+    figure, axis = plt.subplots(figsize=(8, max(2.5, 0.28 * len(rows) + 1)))
+    axis.barh([r.group for r in rows][::-1], [r.gain_if_disabled for r in rows][::-1], color="#4c72b0")
+    axis.set_xlabel(f"{result.metric} gained by leaving the group in full precision")
+    axis.tick_params(axis="y", labelsize=7)
+    figure.tight_layout()
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png", dpi=90)
+    plt.close(figure)
+
+
+def derived_recipe_text(loaded: LoadedRecipe, disabled_quantizers: list[str], out: Path, note: str) -> str:
+    """A recipe that extends ``loaded`` and appends ``disabled_quantizers`` to its disable list."""
+    spec = loaded.spec
+    parent = os.path.relpath(loaded.path.resolve(), out.resolve()) if loaded.path.exists() else None
+    if parent is None:
+        raise RecipeError("cannot derive a recipe from an in-memory recipe (no file to extend)")
+    data = {"recipe": f"{spec.recipe}-tuned", "version": spec.version, "description": note,
+            "extends": parent, "disable+": disabled_quantizers}
+    return "# derived by recipe-engine\n" + yaml.safe_dump(data, sort_keys=False)
+
+
+def run_sensitivity(loaded: LoadedRecipe, out: Path, max_drop: float | None = None, min_sqnr: float = 30.0,
+                    show_progress: bool = True) -> dict[str, Any]:
+    """Profile every quantizer group and write table, CSV, JSON, bar chart and a derived recipe."""
+    from ..pipeline import apply, calibrate
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = data_mod.build_model(loaded)
+    calib = data_mod.make_data(loaded, "calibration")
+    forward = data_mod.forward_fn(loaded)
+    evaluate = data_mod.evaluate_fn(loaded)
+    val = data_mod.make_data(loaded, "validation") if evaluate else None
+    apply(model, loaded, calib, forward)
+    calibrate(model, loaded, calib, forward, show_progress)
+    groups = enabled_groups(get_state(model))
+    metric = loaded.spec.tune.metric if loaded.spec.tune else None
+    scorer = Scorer(model, evaluate, val, calib, forward, metric)
+    result = profile(model, scorer, groups, show_progress)
+    ranked = result.ranked()
+    table = {"metric": result.metric, "fp32": result.fp32, "int8": result.int8, "evaluations": result.evaluations,
+             "seconds": result.seconds, "groups": [r.as_dict() for r in ranked]}
+    target = (result.fp32 - (max_drop if max_drop is not None else 1.0)) if result.metric != FIDELITY_METRIC \
+        else min_sqnr
+    disabled, steps, success = greedy_disable(scorer, groups, [r.group for r in ranked], target,
+                                              budget=len(groups) + 1)
+    names = [n for g in groups if g.name in disabled for n in g.quantizer_names]
+    table["derived"] = {"target": target, "success": success, "disabled_groups": disabled,
+                        "steps": [s.as_dict() for s in steps]}
+    atomic_write_text(out / "sensitivity.json", json.dumps(table, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["group", "only_this", "all_but_this", "gain_if_disabled", "quantizers"])
+    for row in ranked:
+        writer.writerow([row.group, row.only_this, row.all_but_this, row.gain_if_disabled, " ".join(row.quantizers)])
+    atomic_write_text(out / "sensitivity.csv", buffer.getvalue())
+    _bar_chart(result, out / "sensitivity.png")
+    note = (f"{loaded.spec.recipe} with {len(disabled)} sensitive group(s) in full precision: "
+            f"{result.metric} {steps[-1].metric:.4g} (target {target:.4g}, fp32 {result.fp32:.4g})")
+    atomic_write_text(out / "derived.yaml", derived_recipe_text(loaded, names, out, note))
+    table["derived"]["path"] = str(out / "derived.yaml")
+    return table
+
+
+def run_tune(model: nn.Module, loaded: LoadedRecipe, out: Path, calib: Any, val: Any, forward: Any,
+             evaluate: Any, fp32_metrics: dict[str, float] | None) -> dict[str, Any]:
+    """The ``tune:`` step: disable the most sensitive groups until the metric drop is within budget."""
+    tune = loaded.spec.tune
+    if evaluate is None or not fp32_metrics:
+        raise loaded.error(("tune",), "tune needs data.evaluate (and validation data) to measure the drop")
+    if tune.metric not in fp32_metrics:
+        raise loaded.error(("tune", "metric"), f"metric {tune.metric!r} is not in evaluate() output "
+                           f"{sorted(fp32_metrics)}")
+    fp32 = fp32_metrics[tune.metric]
+    allowed = tune.max_drop * abs(fp32) if tune.relative else tune.max_drop
+    sign = 1.0 if tune.higher_is_better else -1.0
+    target = sign * fp32 - allowed
+    groups = enabled_groups(get_state(model))
+    scorer = Scorer(model, lambda m, b: {k: sign * v for k, v in evaluate(m, b).items()}, val, calib, forward,
+                    tune.metric)
+    if tune.strategy == "leave_one_out":
+        if tune.budget < len(groups) + 2:
+            raise loaded.error(("tune", "budget"), f"leave_one_out needs at least {len(groups) + 2} evaluations "
+                               f"for {len(groups)} groups", hint="raise tune.budget or use strategy: fidelity")
+        order = []
+        for group in groups:
+            for quantizer in group.quantizers:
+                backend.set_enabled(quantizer, False)
+            order.append((scorer(), group.name))
+            for quantizer in group.quantizers:
+                backend.set_enabled(quantizer, True)
+        ranking = [name for _, name in sorted(order, key=lambda item: -item[0])]
+    else:
+        fidelity = {f.name: f.sqnr_db for f in measure_fidelity(model, next(iter(calib)), forward)}
+        worst = {g.name: min((fidelity.get(n, math.inf) for n in g.quantizer_names), default=math.inf)
+                 for g in groups}
+        ranking = sorted(worst, key=lambda name: worst[name])
+    remaining = tune.budget - scorer.calls
+    disabled, steps, success = greedy_disable(scorer, groups, ranking, target, budget=max(1, remaining))
+    final = sign * steps[-1].metric
+    names = [n for g in groups if g.name in disabled for n in g.quantizer_names]
+    spec = loaded.spec.model_copy(update={"disable": list(loaded.spec.disable) + names, "tune": None})
+    atomic_write_text(out / "recipe.tuned.lock.yaml", lock_text(spec, [str(loaded.path)]))
+    return {
+        "metric": tune.metric, "fp32": fp32, "final": final, "drop": fp32 - final if tune.higher_is_better
+        else final - fp32, "allowed_drop": allowed, "success": success, "evaluations": scorer.calls,
+        "disabled_groups": disabled, "disabled_quantizers": names,
+        "steps": [{"disabled": s.disabled, "metric": sign * s.metric} for s in steps],
+        "tuned_recipe_sha256": recipe_sha256(spec), "tuned_lock": "recipe.tuned.lock.yaml",
+    }
