@@ -204,23 +204,36 @@ def _slot(model_modules: dict[str, nn.Module], state: QuantState, name: str) -> 
     return getattr(owner, SITES_ATTR), suffix, suffix
 
 
-def _apply_shares(model: nn.Module, recipe: Recipe, state: QuantState) -> None:
-    modules = dict(model.named_modules())
-    names = list(state.quantizers)
+def _share_groups(model: nn.Module, recipe: Recipe, names: list[str]) -> list[tuple[str, list[str], bool]]:
+    """(label, member names, optional) for every share group, expanding `for_each`."""
+    found = []
     for index, entry in enumerate(recipe.share):
         group = entry if isinstance(entry, ShareGroup) else ShareGroup(quantizers=list(entry))
-        members = select_names(names, group.quantizers, what=f"share[{index}]", optional=group.optional)
+        if group.for_each is None:
+            members = select_names(names, group.quantizers, what=f"share[{index}]", optional=group.optional)
+            found.append((f"share[{index}]", members, group.optional))
+            continue
+        for match in select(model, group.for_each, what=f"share[{index}].for_each"):
+            patterns = [p.replace("{module}", match.name) for p in group.quantizers]
+            members = select_names(names, patterns, what=f"share[{index}] for {match.name}", optional=group.optional)
+            found.append((f"share[{index}] for {match.name}", members, group.optional))
+    return found
+
+
+def _apply_shares(model: nn.Module, recipe: Recipe, state: QuantState) -> None:
+    modules = dict(model.named_modules())
+    for label, members, optional in _share_groups(model, recipe, list(state.quantizers)):
         if len(members) < 2:
-            if group.optional:
+            if optional:
                 continue
-            raise RecipeError(f"share[{index}] resolves to {members}: a share group needs two or more quantizers")
+            raise RecipeError(f"{label} resolves to {members}: a share group needs two or more quantizers")
         leader = state.quantizers[members[0]]
         for member in members[1:]:
             current = state.quantizers[member]
             if current is leader:
                 continue
             if not backend.compatible(leader, current):
-                raise RecipeError(f"share[{index}]: {member} and {members[0]} have different descriptors "
+                raise RecipeError(f"{label}: {member} and {members[0]} have different descriptors "
                                   f"({backend.quantizer_summary(current)} vs {backend.quantizer_summary(leader)})",
                                   hint="shared quantizers need the same bits, axis, sign and calibrator")
             for other_name, other in list(state.quantizers.items()):

@@ -221,7 +221,15 @@ class ShareGroup(Section):
         description="Quantizer names ('path.input', 'path.weight', op sites like 'layer1.0.add0'); "
         "globs and 're:' allowed.",
     )
-    optional: bool = Field(False, title="Optional", description="Missing quantizers are not an error.")
+    for_each: SelectorRef | None = Field(
+        None,
+        title="For each module",
+        description="Make one group per selected module, with '{module}' in the quantizer names replaced by its "
+        "path, e.g. for_each: {type: Bottleneck}, quantizers: ['{module}.conv1.input', '{module}.downsample.0.input'].",
+    )
+    optional: bool = Field(
+        False, title="Optional", description="Missing quantizers are not an error (a group left with one is skipped)."
+    )
 
 
 ShareRef = Annotated[
@@ -424,7 +432,20 @@ class OnnxSparseExport(ExportBase):
 
     format: Literal["onnx-sparse"] = Field(title="Format")
     layout: Literal["xyz", "zyx"] = Field("zyx", title="Index layout of the runtime voxel indices")
+    source_layout: Literal["xyz", "zyx"] | None = Field(
+        None,
+        title="Model's index layout",
+        description="Column order of the model's own voxel indices (default: same as `layout`). When it differs "
+        "from `layout`, weights and geometry are converted (kernel axes and spatial shapes reversed).",
+    )
     output_bound_headroom: float = Field(1.5, ge=1.0, title="output_bound = max voxels seen x headroom")
+    output_bound: int | None = Field(
+        None,
+        ge=1,
+        title="Fixed output_bound",
+        description="Capacity in points for every conv instead of max points seen x headroom; the export fails "
+        "if a layer produced more points in calibration.",
+    )
     tolerance: float = Field(0.05, gt=0, title="Max relative |executor - PyTorch|")
 
 
@@ -435,6 +456,15 @@ class TensorRTExport(ExportBase):
     source: str = Field(title="Source", description="`path` of the onnx-qdq export to build from.")
     workspace_gb: float = Field(2.0, gt=0, title="Workspace (GiB)")
     required: bool = Field(False, title="Required", description="Fail (instead of skip) without a GPU.")
+    shapes: dict[str, dict[Literal["min", "opt", "max"], list[int]]] | None = Field(
+        None,
+        title="Optimisation profile",
+        description="min/opt/max shape per input name; default: 1 on each dynamic axis for min, the captured "
+        "shape for opt and max.",
+    )
+    tolerance: float = Field(
+        3.0, gt=0, title="Tolerance", description="Max |TensorRT - onnxruntime| in output quantization steps."
+    )
 
 
 ExportEntry = Annotated[OnnxQdqExport | OnnxSparseExport | TensorRTExport, Field(discriminator="format")]
