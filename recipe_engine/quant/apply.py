@@ -16,7 +16,7 @@ from ..recipe.errors import RecipeError
 from ..recipe.schema import QuantizerSpec, QuantizeSpec, Recipe, ShareGroup
 from ..select import match_name, select, select_names
 from . import backend, sparse
-from .ops import SITES_ATTR, discover_sites, install_op_hooks
+from .ops import SITES_ATTR, OpSiteQuantizers, discover_sites, install_op_hooks
 
 STATE_ATTR = "recipe_state"
 
@@ -178,7 +178,7 @@ def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | No
                 raise RecipeError(f"rules[{assignment.rule}].ops: module {name} ({type(owners[name]).__name__}) runs "
                                   f"no {kinds} directly in its forward",
                                   hint="select the module whose own forward contains the op (not a parent)")
-            table = nn.ModuleDict()
+            table = OpSiteQuantizers()
             for site in sites:
                 kind = site.rstrip("0123456789")
                 quantizer = backend.make_quantizer(assignment.kinds[kind], calibration)

@@ -69,6 +69,17 @@ class _DirectOpMode(TorchFunctionMode):
         return self.site.call(site, kind, func, args, kwargs)
 
 
+class OpSiteQuantizers(nn.ModuleDict):
+    """The quantizers of one module's op sites, stored as a child of that module.
+
+    It is an identity when called, so an owner that is itself a container (nn.Sequential,
+    spconv's SparseSequential: their forward calls every child in turn) keeps working.
+    """
+
+    def forward(self, value):
+        return value
+
+
 class OpSiteHooks:
     """The hooks that make one module's direct add/cat ops quantizable."""
 
@@ -114,7 +125,7 @@ class OpSiteHooks:
     def quantizers(self) -> nn.ModuleDict:
         found = getattr(self.owner, SITES_ATTR, None)
         if found is None:
-            found = nn.ModuleDict()
+            found = OpSiteQuantizers()
             setattr(self.owner, SITES_ATTR, found)
         return found
 

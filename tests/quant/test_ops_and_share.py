@@ -100,3 +100,32 @@ def test_root_module_cat_is_an_op_site() -> None:
     assert state.op_sites == {"net": ["cat0"]}
     calibrate(wrapped, recipe, batches)
     assert float(backend.get_amax(get_state(wrapped).quantizers["net.cat0"])) > 0
+
+
+def test_op_sites_on_a_sequential_subclass_keep_its_forward_working() -> None:
+    class Fuser(torch.nn.Sequential):
+        def forward(self, a, b):
+            return super().forward(torch.cat([a, b], 1))
+
+    model = torch.nn.Sequential()
+    model.add_module("fuser", Fuser(torch.nn.Conv2d(4, 2, 1)))
+
+    class Root(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fuser = model.fuser
+
+        def forward(self, a, b):
+            return self.fuser(a, b)
+
+    root = Root().eval()
+    batches = [(torch.randn(1, 2, 4, 4), torch.randn(1, 2, 4, 4)) for _ in range(2)]
+    with torch.no_grad():
+        expected = root(*batches[0])
+    state = apply(root, _recipe(rules=[{"select": "fuser", "ops": {"cat": "act"}}]), batches)
+    assert state.op_sites == {"fuser": ["cat0"]}
+    calibrate(root, _recipe(), batches)
+    with torch.no_grad():
+        quantized = root(*batches[0])
+    assert quantized.shape == expected.shape
+    assert 0 < (quantized - expected).abs().max() < 0.1
