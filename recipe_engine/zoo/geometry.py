@@ -95,7 +95,8 @@ def make_scene(seed: int) -> Scene:
     colors: list[np.ndarray] = []
     placed: list[tuple[float, float, float]] = []
 
-    def add(cat: int, shp: int, lr, wr, hr, far: bool = False) -> None:
+    def add(cat: int, shp: int, lr: tuple[float, float], wr: tuple[float, float] | None,
+            hr: tuple[float, float], far: bool = False) -> None:
         length = rng.uniform(*lr)
         width = length if wr is None else rng.uniform(*wr)
         height = rng.uniform(*hr)
@@ -164,12 +165,41 @@ def _hit_cylinder(p: np.ndarray, d: np.ndarray, radius: float, height: float) ->
     return np.minimum(t_side, np.where(cap_ok, t_cap, np.inf))
 
 
-def raycast(scene: Scene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cast rays from ``origin`` [3] along unit ``dirs`` [R, 3].
+class RayBundle:
+    """Unit ray directions [R, 3] plus their azimuths sorted once, so :func:`raycast` only
+    tests each object against the rays inside its angular extent."""
+
+    def __init__(self, dirs: np.ndarray) -> None:
+        self.dirs = np.ascontiguousarray(dirs, dtype=np.float64)
+        az = np.arctan2(self.dirs[:, 1], self.dirs[:, 0])
+        self.order = np.argsort(az, kind="stable")
+        self.az_sorted = az[self.order]
+
+    def __len__(self) -> int:
+        return len(self.dirs)
+
+    def within(self, center: float, half_angle: float) -> np.ndarray:
+        """Indices of rays whose azimuth is within ``half_angle`` of ``center`` (wrapping)."""
+        if half_angle >= np.pi:
+            return self.order
+        lo = (center - half_angle + np.pi) % (2 * np.pi) - np.pi
+        hi = (center + half_angle + np.pi) % (2 * np.pi) - np.pi
+        a = np.searchsorted(self.az_sorted, lo, side="left")
+        b = np.searchsorted(self.az_sorted, hi, side="right")
+        if lo <= hi:
+            return self.order[a:b]
+        return np.concatenate([self.order[a:], self.order[:b]])
+
+
+def raycast(scene: Scene, origin: np.ndarray, rays: RayBundle | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cast rays from ``origin`` [3] along unit directions (``RayBundle`` or array [R, 3]).
 
     Returns ``(t, hit_id, normal)``: distance (inf where nothing is hit), hit id (object index,
     :data:`HIT_GROUND` or :data:`HIT_NONE`) and the unit surface normal at the hit [R, 3].
     """
+    if not isinstance(rays, RayBundle):
+        rays = RayBundle(rays)
+    dirs = rays.dirs
     origin = np.asarray(origin, dtype=np.float64)
     r = len(dirs)
     g0, gx, gy = scene.ground
@@ -182,15 +212,13 @@ def raycast(scene: Scene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndar
     hit_id = np.where(np.isfinite(t), HIT_GROUND, HIT_NONE).astype(np.int64)
     normal = np.broadcast_to(gnorm, (r, 3)).copy()
 
-    ray_az = np.arctan2(dirs[:, 1], dirs[:, 0])
     for k in range(len(scene.boxes)):
         x, y, zb, length, width, height, yaw = scene.boxes[k]
         rel = np.array([x, y]) - origin[:2]
         dist = np.hypot(*rel)
         bound = 0.5 * np.hypot(length, width)
         half_angle = np.pi if dist <= bound else np.arcsin(bound / dist) + 1e-3
-        dang = np.abs((ray_az - np.arctan2(rel[1], rel[0]) + np.pi) % (2 * np.pi) - np.pi)
-        sel = np.nonzero(dang <= half_angle)[0]
+        sel = rays.within(float(np.arctan2(rel[1], rel[0])), half_angle)
         if len(sel) == 0:
             continue
         c, s = np.cos(yaw), np.sin(yaw)
@@ -209,6 +237,8 @@ def raycast(scene: Scene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndar
             tk = _hit_cylinder(pb, d, 0.5 * length, height)
             q = pb + np.where(np.isfinite(tk), tk, 0.0)[:, None] * d
             n_local = np.concatenate([q[:, :2], np.zeros((len(sel), 1))], axis=1)
+            on_cap = (q[:, :2] ** 2).sum(axis=1) < (0.499 * length) ** 2
+            n_local[on_cap] = (0.0, 0.0, 1.0)
             n_local /= np.maximum(np.linalg.norm(n_local, axis=1, keepdims=True), 1e-9)
         closer = tk < t[sel]
         idx = sel[closer]
