@@ -1,0 +1,542 @@
+"""Vectorised amax search over calibration histograms.
+
+Pure functions that reproduce the amax chosen by pytorch-quantization 2.1.3's
+``HistogramCalibrator.compute_amax`` (``calib/histogram.py``: ``_compute_amax_entropy``,
+``_compute_amax_mse``, ``_compute_amax_percentile``) without its per-candidate Python loops, and
+without the ``.cuda()`` call that makes upstream's MSE path crash on CPU-only machines.
+
+Upstream semantics reproduced here (``n`` = number of histogram bins):
+
+* **entropy** -- ``bins[0]`` is replaced by ``bins[1]``. Candidates are ``i = start_bin, start_bin +
+  stride, ... <= n``. The reference distribution ``p`` is ``bins[:i]`` with the clipped tail
+  ``sum(bins[i:])`` added to its last element. Bins ``j < i`` are split into ``nq = 2**(num_bits - 1 +
+  unsigned)`` groups ``g = floor(j * nq / i)``; the candidate distribution ``q`` gives every *non-empty*
+  bin of a group the mean count of the group's non-empty bins (empty bins stay 0). Both are normalised
+  and ``KL(p || q)`` is minimised; ties go to the *largest* ``i``; ``amax = bin_edges[i]``. Upstream
+  quirks kept: a candidate whose first ``i`` bins are all empty has a NaN divergence and NumPy's
+  ``argmin`` picks it (the largest such ``i``); a candidate whose last bin is empty while data lies
+  beyond it has an infinite divergence.
+* **mse** -- candidates are bin centres ``c[i]``, ``i = start_bin, start_bin + stride, ... < n``.
+  Every centre is fake-quantised exactly as ``fake_tensor_quant`` does in float32 (``scale =
+  max_bound / amax``, round half to even, clamp to ``max_bound = 2**(num_bits - 1 + unsigned) - 1``,
+  divide by ``scale``; ``amax <= 2**-24`` quantises everything to 0) and the count-weighted squared
+  error is minimised; ties go to the *smallest* ``i``; ``amax = c[i]``.
+* **percentile** -- ``amax = bin_edges[searchsorted(cumsum(hist / total), percentile / 100)]``
+  (note: the *left* edge of the bin where the CDF crosses the percentile, as upstream does).
+
+How the search is vectorised:
+
+* entropy: the KL divergence of every candidate is evaluated in closed form from prefix sums
+  (``sum b``, ``sum [b > 0]``, ``sum b log b``) over the ``nq`` contiguous groups, i.e. in
+  ``O(candidates * nq)`` instead of ``O(candidates * n)`` Python steps. Candidates within a tiny
+  tolerance of the minimum are then re-evaluated with upstream's own element-wise construction and
+  ``scipy.stats.entropy`` so that near-ties and exact ties (e.g. ``KL == 0``) resolve as upstream's do.
+* mse: quantised centres are computed in float32 (bit-identical rounding decisions to upstream) for a
+  batch of candidates at once, on the histogram's device, restricted to non-empty bins; bins that are
+  certainly clipped are summed in closed form from float64 prefix sums. Errors are accumulated in
+  float64 (upstream accumulates in float32), so in rare near-ties the chosen candidate can differ from
+  upstream's float32 (and device-dependent) choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from pytorch_quantization.calib import HistogramCalibrator, MaxCalibrator
+from scipy.stats import entropy as scipy_entropy
+
+__all__ = [
+    "EmptyCalibratorError",
+    "HistLike",
+    "compute_amax",
+    "entropy_amax",
+    "merge_histograms",
+    "mse_amax",
+    "percentile_amax",
+    "seed_histogram",
+]
+
+HistLike = torch.Tensor | np.ndarray | Sequence[float]
+"""A 1-D histogram counts or bin-edges array (torch tensor on any device, NumPy array or sequence)."""
+
+METHODS = ("entropy", "mse", "percentile")
+
+
+class EmptyCalibratorError(ValueError):
+    """The calibrator / histogram holds no data to compute an amax from."""
+
+
+# Element budget of one dense (candidates x bins) block. On CPU it stays at torch's intra-op grain size
+# (32768), so each op runs serially and cache-resident: measured faster than multi-threaded blocks on 2
+# cores and immune to thread-pool stalls on a busy machine. GPUs get larger blocks (fewer launches).
+_BLOCK_ELEMS = 1 << 15
+_BLOCK_ELEMS_GPU = 1 << 22
+# Absolute/relative slack used to short-list entropy candidates for the exact re-evaluation.
+_KL_TOL = 1e-9
+# fake_tensor_quant treats amax <= 2**-24 as zero (everything quantises to 0).
+_ZERO_AMAX = 1.0 / (1 << 24)
+# Edges within this fraction of a bin of the merge grid count as on it (float32 edges drift ~k * 2**-24 bins).
+_GRID_TOL = 1e-2
+# Adding then subtracting 1.5 * 2**23 rounds a float32 |x| < 2**22 to the nearest integer, ties to even.
+_ROUND_MAGIC = 1.5 * 2.0**23
+
+
+# --------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------
+def _to_numpy(x: HistLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _device_of(x: HistLike) -> torch.device:
+    return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+
+
+def _check_hist(
+    hist: HistLike, bin_edges: HistLike, allow_zero: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a histogram; return (counts as float64, edges in their own dtype) NumPy arrays."""
+    if hist is None or bin_edges is None:
+        raise EmptyCalibratorError("histogram is empty: no data has been collected (hist/bin_edges is None)")
+    counts = _to_numpy(hist)
+    edges = _to_numpy(bin_edges)
+    if counts.ndim != 1 or edges.ndim != 1:
+        raise ValueError(f"hist and bin_edges must be 1-D, got shapes {counts.shape} and {edges.shape}")
+    if counts.size == 0:
+        raise ValueError("histogram is empty: it has no bins")
+    if edges.size != counts.size + 1:
+        raise ValueError(f"bin_edges must have len(hist) + 1 = {counts.size + 1} entries, got {edges.size}")
+    counts = counts.astype(np.float64)
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise ValueError("histogram counts must be finite and non-negative")
+    if not np.all(np.isfinite(edges)) or np.any(np.diff(edges) < 0):
+        raise ValueError("bin_edges must be finite and non-decreasing")
+    if not allow_zero and not counts.any():
+        raise EmptyCalibratorError("histogram is empty: all counts are zero")
+    return counts, edges
+
+
+def _check_search(n_candidates_end: int, start_bin: int, stride: int, what: str) -> None:
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if start_bin < 0:
+        raise ValueError(f"start_bin must be >= 0, got {start_bin}")
+    if start_bin > n_candidates_end:
+        raise ValueError(
+            f"{what}: start_bin={start_bin} leaves no candidate amax for a histogram with "
+            f"{n_candidates_end if what == 'entropy' else n_candidates_end + 1} bins; lower start_bin"
+        )
+
+
+def _num_levels(num_bits: int, unsigned: bool) -> int:
+    if num_bits < 1:
+        raise ValueError(f"num_bits must be >= 1, got {num_bits}")
+    return 1 << (num_bits - 1 + int(unsigned))
+
+
+def _scalar(value: float, device: torch.device) -> torch.Tensor:
+    # Upstream returns ``torch.tensor(edge.item())``: a 0-dim float32 tensor.
+    return torch.tensor(float(value), dtype=torch.float32, device=device)
+
+
+# --------------------------------------------------------------------------------------------------------
+# entropy
+# --------------------------------------------------------------------------------------------------------
+def _kl_closed_form(b: np.ndarray, cand: np.ndarray, nq: int) -> np.ndarray:
+    """KL(p || q) of every candidate from prefix sums; float64, +inf/NaN like upstream."""
+    n = b.size
+    nz = b > 0
+    cum_b = np.concatenate(([0.0], np.cumsum(b)))
+    cum_z = np.concatenate(([0], np.cumsum(nz)))
+    blogb = np.zeros_like(b)
+    blogb[nz] = b[nz] * np.log(b[nz])
+    cum_l = np.concatenate(([0.0], np.cumsum(blogb)))
+    tail = np.concatenate((np.cumsum(b[::-1])[::-1], [0.0]))  # tail[i] = sum(b[i:])
+    total = cum_b[n]
+
+    i = cand.astype(np.int64)[:, None]  # (C, 1)
+    g = np.arange(nq + 1, dtype=np.int64)[None, :]  # group boundaries 0..nq
+    bounds = -((-g * i) // nq)  # ceil(g * i / nq): first bin of group g
+    s = np.diff(cum_b[bounds], axis=1)  # (C, nq) group sums
+    z = np.diff(cum_z[bounds], axis=1)  # (C, nq) non-empty bins per group
+    filled = z > 0
+    mean = np.where(filled, s / np.where(filled, z, 1), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s_log_mean = np.where(filled & (s > 0), s * np.log(mean), 0.0).sum(axis=1)
+
+        ci = cand.astype(np.int64)
+        q_sum = cum_b[ci]  # sum(q) == sum(b[:i])
+        log_ratio = np.log(q_sum / total)  # log(Q / P)
+        kl = (cum_l[ci] - s_log_mean + q_sum * log_ratio) / total
+
+        # Last reference bin also holds the clipped tail: replace its term.
+        t = tail[ci]
+        last_b = b[ci - 1]
+        last_mean = mean[np.arange(ci.size), (ci - 1) * nq // ci]
+        log_q = np.log(last_mean) - np.log(q_sum)  # log of normalised q at bin i-1
+        with_tail = last_b + t
+        term_new = with_tail / total * (np.log(with_tail / total) - log_q)
+        term_old = np.where(last_b > 0, last_b / total * (np.log(last_b / total) - log_q), 0.0)
+        fix = np.where(t > 0, term_new - term_old, 0.0)
+        kl = kl + fix
+    kl = np.where((t > 0) & (last_b == 0), np.inf, kl)
+    kl = np.where(q_sum == 0, np.nan, kl)
+    return kl
+
+
+def _kl_exact(b: np.ndarray, cand: np.ndarray, nq: int) -> np.ndarray:
+    """KL(p || q) of a few candidates, built and evaluated exactly as upstream does (same float ops and
+    summation order), so that ties are broken the same way. O(i) per candidate."""
+    out = np.empty(cand.size, dtype=np.float64)
+    nz = b > 0
+    for k, i in enumerate(cand.tolist()):
+        group = np.arange(i, dtype=np.int64) * nq // i
+        member = nz[:i]
+        sums = np.bincount(group[member], weights=b[:i][member], minlength=nq)  # sequential, like upstream
+        counts = np.bincount(group[member], minlength=nq)
+        q = np.zeros(i)
+        q[member] = sums[group[member]] / counts[group[member]]
+        p = b[:i].copy()
+        p[-1] += np.sum(b[i:])
+        out[k] = scipy_entropy(p, q)
+    return out
+
+
+def entropy_amax(
+    hist: HistLike,
+    bin_edges: HistLike,
+    num_bits: int = 8,
+    unsigned: bool = False,
+    stride: int = 1,
+    start_bin: int = 128,
+) -> torch.Tensor:
+    """Amax minimising the KL divergence between the histogram and its quantised version.
+
+    Same result as pytorch-quantization's ``compute_amax("entropy")``; returns a 0-dim float32 tensor
+    on ``hist``'s device (CPU for NumPy input). Raises ``ValueError`` for an empty histogram or when
+    ``start_bin`` leaves no candidate.
+    """
+    counts, edges = _check_hist(hist, bin_edges)
+    n = counts.size
+    nq = _num_levels(num_bits, unsigned)
+    _check_search(n, start_bin, stride, "entropy")
+    if n < 2:
+        raise ValueError("entropy calibration needs a histogram with at least 2 bins")
+    b = counts.copy()
+    b[0] = b[1]  # upstream drops the (often zero-dominated) first bin this way
+    cand = np.arange(start_bin, n + 1, stride, dtype=np.int64)
+    cand = cand[cand > 0]  # i == 0 is an empty distribution (only reachable with start_bin=0)
+    if cand.size == 0:
+        raise ValueError("entropy: no candidate amax; increase start_bin")
+
+    kl = _kl_closed_form(b, cand, nq)
+    nan = np.isnan(kl)
+    if nan.any():
+        best = cand[np.flatnonzero(nan)[-1]]  # np.argmin on the reversed list returns the first NaN
+    elif np.isinf(kl).all():
+        best = cand[-1]
+    else:
+        kmin = kl.min()
+        short = np.flatnonzero(kl <= kmin + _KL_TOL * (1.0 + abs(kmin)))
+        exact = _kl_exact(b, cand[short], nq)
+        best = cand[short[exact.size - 1 - np.argmin(exact[::-1])]]  # ties -> largest candidate
+    return _scalar(edges[best].item(), _device_of(hist))
+
+
+# --------------------------------------------------------------------------------------------------------
+# mse
+# --------------------------------------------------------------------------------------------------------
+def _row_blocks(widths: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Split rows with non-decreasing ``widths`` into blocks with rows * last-width <= budget (>= 1 row)."""
+    blocks, start, total = [], 0, widths.size
+    while start < total:
+        k = min(total - start, max(1, budget // max(int(widths[start]), 1)))
+        fits = np.arange(1, k + 1) * widths[start : start + k] <= budget  # a prefix of True values
+        stop = start + max(1, int(fits.sum()))
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
+def _mse_errors(
+    counts: torch.Tensor, centers: torch.Tensor, cand: torch.Tensor, max_bound: float, min_bound: float
+) -> torch.Tensor:
+    """Sum of count-weighted squared fake-quant errors for each candidate (float64)."""
+    nz = counts > 0
+    c = centers[nz]  # float32, ascending; empty bins contribute nothing
+    w = counts[nz].double()
+    c64 = c.double()
+    amax = centers[cand]
+    bound = torch.tensor(max_bound, dtype=torch.float32, device=c.device)
+    zero = amax <= _ZERO_AMAX
+    ones = torch.ones_like(amax)
+    scale = torch.where(zero, torch.zeros_like(amax), bound / torch.where(zero, ones, amax))
+    divisor = torch.where(zero, ones, scale)  # upstream divides by 1 where amax is ~0
+    clipped_value = torch.where(zero, torch.zeros_like(amax), bound / divisor).double()
+
+    # Bins at or beyond ``first_clipped`` certainly quantise to max_bound (to 0 for a ~0 amax).
+    # NumPy here and for the dot products below: torch.searchsorted, torch.round and MKL gemv enter
+    # thread pools that stall badly on a busy 2-core machine.
+    c_np = c64.cpu().numpy()
+    limit = ((max_bound + 0.5) / scale.double() * (1 + 1e-6)).cpu().numpy()
+    limit[zero.cpu().numpy()] = 0.0
+    first_clipped = np.searchsorted(c_np, limit)
+
+    # Dense part in row blocks: element-wise fake quantisation of bins [0, width), width being the
+    # block's largest ``first_clipped`` (its last row's, as candidates ascend); bins in there that are
+    # already clipped are handled by the clamp. Bins >= width: closed form from float64 suffix sums.
+    on_cpu = c.device.type == "cpu"
+    blocks = _row_blocks(first_clipped, _BLOCK_ELEMS if on_cpu else _BLOCK_ELEMS_GPU)
+    row_width = np.empty_like(first_clipped)
+    for start, stop in blocks:
+        row_width[start:stop] = first_clipped[stop - 1]
+
+    def suffix_sums(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((x.flip(0).cumsum(0).flip(0), x.new_zeros(1)))
+
+    s0, s1, s2 = suffix_sums(w), suffix_sums(w * c64), suffix_sums(w * c64 * c64)
+    idx = torch.from_numpy(row_width).to(c.device)
+    q = clipped_value
+    err = s2[idx] - 2 * q * s1[idx] + q * q * s0[idx]
+
+    # round-half-to-even by adding/subtracting 1.5 * 2**23 in float32 is exact for |x| < 2**22; clamp
+    # first only if some |centre * scale| could exceed that.
+    pre_clamp = float(c64.abs().max()) * float(scale.max()) >= 2.0**21
+    w_np = w.cpu().numpy()
+    buf = torch.empty(max(1, max(int(first_clipped[b - 1]) * (b - a) for a, b in blocks)), device=c.device)
+    buf64 = torch.empty(buf.numel(), dtype=torch.float64, device=c.device)
+    for start, stop in blocks:
+        width = int(first_clipped[stop - 1])
+        if width == 0:
+            continue
+        cols = c[None, :width]
+        x = buf[: (stop - start) * width].view(stop - start, width)
+        torch.mul(cols, scale[start:stop, None], out=x)
+        if pre_clamp:
+            x.clamp_(min_bound - 1, max_bound + 1)
+        x.add_(_ROUND_MAGIC).sub_(_ROUND_MAGIC)
+        x.clamp_(min_bound, max_bound).div_(divisor[start:stop, None]).sub_(cols)  # q - c, as upstream
+        d = buf64[: x.numel()].view_as(x).copy_(x)
+        d.mul_(d)
+        if on_cpu:
+            err[start:stop] += torch.from_numpy(d.numpy() @ w_np[:width])
+        else:
+            err[start:stop] += d @ w[:width]
+    return err
+
+
+def mse_amax(
+    hist: HistLike,
+    bin_edges: HistLike,
+    num_bits: int = 8,
+    unsigned: bool = False,
+    stride: int = 1,
+    start_bin: int = 128,
+) -> torch.Tensor:
+    """Bin centre minimising the count-weighted MSE of fake quantisation (upstream ``"mse"``).
+
+    Runs on ``hist``'s device when it is a tensor (CPU or GPU; never calls ``.cuda()``), else on CPU.
+    Returns a 0-dim float32 tensor on that device.
+    """
+    counts_np, edges_np = _check_hist(hist, bin_edges)
+    n = counts_np.size
+    max_bound = float(_num_levels(num_bits, unsigned) - 1)
+    if max_bound >= 2**21:
+        raise ValueError(f"num_bits={num_bits} is too large for the float32 MSE search (max 22)")
+    _check_search(n - 1, start_bin, stride, "mse")
+    device = _device_of(hist)
+    if isinstance(hist, torch.Tensor):
+        counts = hist.detach().to(torch.float64)
+    else:
+        counts = torch.from_numpy(counts_np)
+    if isinstance(bin_edges, torch.Tensor):
+        edges = bin_edges.detach().to(device=device, dtype=torch.float32)
+    else:
+        edges = torch.from_numpy(np.ascontiguousarray(edges_np)).to(device=device, dtype=torch.float32)
+    counts = counts.to(device)
+    centers = (edges[1:] + edges[:-1]) / 2  # float32, exactly as upstream
+    cand = torch.arange(start_bin, n, stride, device=device)
+    err = _mse_errors(counts, centers, cand, max_bound, 0.0 if unsigned else -max_bound)
+    best = int(torch.argmin(err).item())  # first minimum, like np.argmin
+    return centers[cand[best]].clone()
+
+
+# --------------------------------------------------------------------------------------------------------
+# percentile
+# --------------------------------------------------------------------------------------------------------
+def percentile_amax(hist: HistLike, bin_edges: HistLike, percentile: float = 99.99) -> torch.Tensor:
+    """Left edge of the bin where the CDF reaches ``percentile`` % (upstream ``"percentile"``)."""
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    counts, edges = _check_hist(hist, bin_edges)
+    cdf = np.cumsum(counts / counts.sum())
+    idx = int(np.searchsorted(cdf, percentile / 100))
+    return _scalar(edges[idx].item(), _device_of(hist))
+
+
+# --------------------------------------------------------------------------------------------------------
+# calibrator dispatch
+# --------------------------------------------------------------------------------------------------------
+def compute_amax(
+    calibrator: HistogramCalibrator | MaxCalibrator,
+    method: str,
+    *,
+    stride: int = 1,
+    start_bin: int = 128,
+    percentile: float = 99.99,
+) -> torch.Tensor:
+    """Amax of a pytorch-quantization calibrator, computed with the vectorised searches.
+
+    ``HistogramCalibrator``: ``method`` in ``"entropy" | "mse" | "percentile"`` (its histogram is read
+    exactly like upstream reads it: torch counts truncated with ``.int()``). ``MaxCalibrator``:
+    ``method == "max"`` returns a copy of its running amax. Raises ``ValueError`` for an unknown or
+    unsupported method, :class:`EmptyCalibratorError` (a ``ValueError``) for a calibrator that has
+    collected no data, ``TypeError`` for other calibrator types.
+    """
+    if isinstance(calibrator, MaxCalibrator):
+        if method != "max":
+            raise ValueError(f"unknown calibration method {method!r} for MaxCalibrator; expected 'max'")
+        amax = calibrator._calib_amax
+        if amax is None:
+            raise EmptyCalibratorError("MaxCalibrator has collected no data (no amax to compute)")
+        return amax.detach().clone()
+    if not isinstance(calibrator, HistogramCalibrator):
+        raise TypeError(f"unsupported calibrator type {type(calibrator).__name__}")
+    if method not in METHODS:
+        raise ValueError(
+            f"unknown calibration method {method!r} for HistogramCalibrator; expected one of {METHODS}"
+        )
+    hist, edges = calibrator._calib_hist, calibrator._calib_bin_edges
+    if hist is None or edges is None:
+        raise EmptyCalibratorError("HistogramCalibrator has collected no data (empty histogram)")
+    if isinstance(hist, torch.Tensor):
+        hist = hist.int()
+    if len(edges) == len(hist) + 2:
+        # Upstream collect() can leave one extra edge after growing its histogram (torch.arange rounding);
+        # upstream entropy/percentile only index edges[:len(hist) + 1], so dropping it keeps their result.
+        edges = edges[: len(hist) + 1]
+    num_bits, unsigned = calibrator._num_bits, bool(calibrator._unsigned)
+    if method == "entropy":
+        return entropy_amax(hist, edges, num_bits, unsigned, stride=stride, start_bin=start_bin)
+    if method == "mse":
+        return mse_amax(hist, edges, num_bits, unsigned, stride=stride, start_bin=start_bin)
+    return percentile_amax(hist, edges, percentile=percentile)
+
+
+# --------------------------------------------------------------------------------------------------------
+# merging
+# --------------------------------------------------------------------------------------------------------
+def _rebin(counts: np.ndarray, edges: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Re-bin ``counts`` onto ``target`` edges (which must cover ``edges``), preserving the total.
+
+    The first source bin is treated as a point mass at its left edge: histograms of ``|x|`` usually hold
+    the exact zeros there (post-ReLU, padding), which must not leak into the next bins. Other bins are
+    assumed uniform inside. Integer counts stay integers: the cumulative count is rounded at each target
+    edge, so a sparse tail keeps whole samples instead of being smeared into fractions.
+    """
+    if edges[-1] <= edges[0]:  # zero-width histogram: everything is a point mass at edges[0]
+        cdf_at = np.where(target > edges[0], counts.sum(), 0.0)
+    else:
+        rest = np.concatenate(([0.0], np.cumsum(counts[1:])))
+        cdf_at = np.where(target > edges[0], counts[0], 0.0) + np.interp(target, edges[1:], rest)
+    cdf_at[-1] = counts.sum()  # target covers the source: nothing may fall off the end by round-off
+    if np.all(counts == np.round(counts)):
+        cdf_at = np.round(cdf_at)
+    return np.diff(cdf_at)
+
+
+def merge_histograms(
+    histograms: Sequence[tuple[HistLike | None, HistLike | None]],
+) -> tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]:
+    """Merge ``(hist, bin_edges)`` pairs with different ranges into one histogram.
+
+    Mirrors how ``HistogramCalibrator.collect()`` grows its histogram: the result keeps the first
+    (non-degenerate) histogram's bins unchanged and appends bins of the same width until the widest
+    range is covered (and prepends some if another histogram starts lower). Histograms whose edges lie on
+    that grid (same width and origin, e.g. all seeded with :func:`seed_histogram`) are added bin by bin,
+    which is exact. Others are re-binned (total and integer counts preserved, first bin kept as a point
+    mass at its left edge, other bins assumed uniform inside): the raw samples are no longer available, so
+    the result only approximates a calibrator that collected A's data and then B's. Pairs with
+    ``hist is None`` (nothing collected, e.g. an idle rank) are skipped.
+
+    Counts are returned as float64, edges in the first histogram's dtype; torch tensors on the first
+    histogram's device if it is a tensor, else NumPy arrays.
+    """
+    present = [(h, e) for h, e in histograms if h is not None]
+    if not present:
+        raise ValueError("merge_histograms: no histogram has collected any data")
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    for k, (hist, edges) in enumerate(present):
+        try:
+            parts.append(_check_hist(hist, edges, allow_zero=True))
+        except ValueError as exc:
+            raise ValueError(f"merge_histograms: histogram {k}: {exc}") from exc
+
+    first_hist, first_edges = present[0]
+    edge_dtype = _to_numpy(first_edges).dtype
+    base_idx = next((k for k, (_, e) in enumerate(parts) if e[-1] > e[0]), None)
+    if base_idx is None:  # every histogram is a point mass (zero-width range)
+        out_edges = parts[0][1].astype(np.float64)
+        out_counts = np.zeros(parts[0][0].size)
+        out_counts[0] = sum(c.sum() for c, _ in parts)
+    else:
+        be = parts[base_idx][1].astype(np.float64)
+        width = be[1] - be[0]
+        lo = min(float(e[0]) for _, e in parts)
+        hi = max(float(e[-1]) for _, e in parts)
+        # Whole bins to add below/above. A range end that is on the grid up to float32 round-off (as after
+        # collect() growth) must not add a bin, hence the slack.
+        n_below = max(0, math.ceil((be[0] - lo) / width - _GRID_TOL))
+        above = be[-1] + width * np.arange(1, max(0, math.ceil((hi - be[-1]) / width - _GRID_TOL)) + 1)
+        out_edges = np.concatenate((be[0] - width * np.arange(n_below, 0, -1), be, above))
+        out_counts = np.zeros(out_edges.size - 1)
+        for k, (counts, e) in enumerate(parts):
+            ef = e.astype(np.float64)
+            pos = (ef - out_edges[0]) / width
+            on_grid = np.round(pos)
+            if k == base_idx:
+                out_counts[n_below : n_below + counts.size] += counts
+            elif (
+                ef[-1] > ef[0] and np.all(np.abs(pos - on_grid) < _GRID_TOL) and np.all(np.diff(on_grid) == 1)
+            ):
+                off = int(on_grid[0])
+                out_counts[off : off + counts.size] += counts
+            else:
+                out_counts += _rebin(counts, ef, out_edges)
+        np.maximum(out_counts, 0.0, out=out_counts)  # interpolation round-off
+    out_edges = out_edges.astype(edge_dtype)
+    if isinstance(first_hist, torch.Tensor):
+        device = first_hist.device
+        return torch.from_numpy(out_counts).to(device), torch.from_numpy(out_edges).to(device)
+    return out_counts, out_edges
+
+
+def seed_histogram(
+    calibrator: HistogramCalibrator, amax: float | torch.Tensor, *, device: torch.device | str | None = None
+) -> None:
+    """Give an empty ``HistogramCalibrator`` the bins ``linspace(0, amax, num_bins + 1)`` and zero counts.
+
+    ``collect()`` then bins data on that grid and grows it with the same width and origin, so calibrators
+    seeded with the same ``amax`` (e.g. an all-reduced max of the first batch on every rank, or one value
+    for all quantizers sharing an amax) produce histograms that :func:`merge_histograms` adds exactly.
+    ``device`` is where collect() will receive data (torch histograms only; default CPU).
+    """
+    if not isinstance(calibrator, HistogramCalibrator):
+        raise TypeError(f"expected a HistogramCalibrator, got {type(calibrator).__name__}")
+    if calibrator._calib_hist is not None or calibrator._calib_bin_edges is not None:
+        raise ValueError("seed_histogram: the calibrator has already collected data; reset() it first")
+    top = float(amax)
+    if not math.isfinite(top) or top <= 0:
+        raise ValueError(f"seed_histogram: amax must be finite and > 0, got {top}")
+    num_bins = int(calibrator._num_bins)
+    if calibrator._torch_hist:
+        calibrator._calib_bin_edges = torch.linspace(0, top, num_bins + 1, device=device)
+        calibrator._calib_hist = torch.zeros(num_bins, device=device)
+    else:
+        calibrator._calib_bin_edges = np.linspace(0, top, num_bins + 1)
+        calibrator._calib_hist = np.zeros(num_bins, dtype=np.int64)
