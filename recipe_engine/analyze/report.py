@@ -43,7 +43,7 @@ def _histogram_plot(out: Path, name: str, quantizer: Any) -> str | None:
     counts = hist.detach().cpu().float().numpy()
     edge_values = edges.detach().cpu().float().numpy()[: len(counts) + 1]
     figure, axis = plt.subplots(figsize=(6, 3))
-    axis.bar(edge_values[:-1], counts, width=edge_values[1] - edge_values[0], align="edge", color="#4c72b0")
+    axis.stairs(counts, edge_values, fill=True, color="#4c72b0")  # one patch, not one bar per bin
     axis.set_yscale("log")
     axis.axvline(float(amax.max()), color="#c44e52", linestyle="--", label=f"amax {float(amax.max()):.4g}")
     axis.set_title(name, fontsize=9)
