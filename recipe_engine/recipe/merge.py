@@ -105,6 +105,15 @@ def apply_override(data: dict, positions: Positions, text: str) -> None:
             node[part] = {}
         node = node[part]
     last = path[-1]
+    if isinstance(last, str) and last.endswith("+"):  # KEY+=[...] appends, as `KEY+:` does in a file
+        last = last[:-1]
+        path[-1] = last
+        current = node.get(last) if isinstance(node, dict) else None
+        if current is None:
+            current = []
+        if not isinstance(current, list) or not isinstance(value, list):
+            raise RecipeError(f"--set {text!r}: '+=' appends a list to a list")
+        value = current + value
     if isinstance(node, list) and isinstance(last, int):
         if last >= len(node):
             raise RecipeError(f"--set {text!r}: index {last} is out of range (list has {len(node)} items)")

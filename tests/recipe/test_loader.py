@@ -155,3 +155,9 @@ def test_validate_and_help_do_not_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code, recipe], check=True)
     code_help = code.replace("['validate', '-q', sys.argv[1]]", "['--help']")
     subprocess.run([sys.executable, "-c", code_help, recipe], check=True, capture_output=True)
+
+
+def test_set_plus_appends_to_lists(write) -> None:
+    path = write("r.yaml", "recipe: r\nversion: 1.0.0\ndisable: [a]\n")
+    assert load_recipe(path, ["disable+=[b, c]"]).spec.disable == ["a", "b", "c"]
+    assert load_recipe(path, ["rules+=[{select: x, quantize: {input: {num_bits: 8}}}]"]).spec.rules[0].select == "x"
