@@ -561,10 +561,17 @@ class Recipe(Section):
                 if ref is not False:
                     check(ref, ("rules", i, "ops", op))
         seen: set[str] = set()
+        qdq_paths: set[str] = set()
         for i, entry in enumerate(self.export):
             if entry.path in seen:
                 errors.append((("export", i, "path"), f"export path {entry.path!r} is used twice"))
             seen.add(entry.path)
+            if isinstance(entry, OnnxQdqExport):
+                qdq_paths.add(entry.path)
+            if isinstance(entry, TensorRTExport) and entry.source not in qdq_paths:
+                known = ", ".join(sorted(qdq_paths)) or "none"
+                errors.append((("export", i, "source"), f"source {entry.source!r} is not the path of an earlier "
+                               f"onnx-qdq export (earlier onnx-qdq paths: {known})"))
         return errors
 
     def factories(self) -> list[str]:

@@ -89,3 +89,12 @@ def test_set_override_errors_name_the_override(write) -> None:
     result = _run("validate", str(path), "--set", "calibration.method=entrpy")
     assert result.exit_code == 1
     assert "--set calibration.method:1:1: calibration.method" in result.output
+
+
+def test_tensorrt_source_must_name_an_earlier_qdq_export(write) -> None:
+    path = write("trt.yaml", HEAD + "export:\n  - {format: tensorrt, source: head.onnx, path: head.engine}\n"
+                 "  - {format: onnx-qdq, path: head.onnx}\n")
+    result = _run("validate", str(path))
+    assert result.exit_code == 1
+    assert f"{path}:4:24: export[0].source: source 'head.onnx' is not the path of an earlier onnx-qdq export" \
+        in result.output
