@@ -162,16 +162,36 @@ def plan(recipe_file: str, overrides: tuple[str, ...], as_json: bool) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory (default: runs/<recipe name>).")
-def run(recipe_file: str, overrides: tuple[str, ...], out_dir: Path | None) -> None:
-    """Run the whole pipeline: fuse, quantize, calibrate, evaluate, save, export."""
-    from .pipeline import run_recipe
+@click.option("--resume/--no-resume", default=None,
+              help="QAT: continue from the run directory's checkpoint (--resume requires one). Default: resume "
+                   "automatically when it holds a checkpoint of the same recipe (sha256).")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Run on N local processes under torchrun (gloo on CPU, nccl on GPU).")
+@click.pass_context
+def run(ctx: click.Context, recipe_file: str, overrides: tuple[str, ...], out_dir: Path | None,
+        resume: bool | None, nproc: int | None) -> None:
+    """Run the whole pipeline: fuse, quantize, calibrate, evaluate, [QAT,] save, export."""
     from .recipe import load_recipe
 
     loaded = load_recipe(recipe_file, overrides)
     target = out_dir or Path("runs") / loaded.spec.recipe.replace("/", "_")
-    metrics = run_recipe(loaded, target)
+    if nproc is not None:
+        from .train.distributed import launch
+
+        args = [*(["--debug"] if ctx.obj.get("debug") else []), "run", recipe_file, "--out", str(target),
+                *(f"--set={o}" for o in overrides)]
+        if resume is not None:
+            args.append("--resume" if resume else "--no-resume")
+        sys.exit(launch(nproc, args))
+
+    from .pipeline import run_recipe
+    from .train.distributed import is_main
+
+    metrics = run_recipe(loaded, target, resume=resume)
+    if not is_main():
+        return
     click.echo(f"run directory: {target}")
-    summary = {k: metrics[k] for k in ("fp32", "int8") if k in metrics}
+    summary = {k: metrics[k] for k in ("fp32", "int8", "qat") if k in metrics}
     if summary:
         click.echo("metrics: " + json.dumps(summary))
 

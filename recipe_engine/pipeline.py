@@ -228,15 +228,34 @@ def _check_supported(loaded: LoadedRecipe) -> None:
                                hint=f"remove the `{section}:` section or run with --set {section}=null")
 
 
-def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: bool = True) -> dict:
-    """The whole ``recipe run``: returns the metrics written to ``metrics.json``."""
+def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: bool = True,
+               resume: bool | None = None) -> dict:
+    """The whole ``recipe run``: returns the metrics written to ``metrics.json``.
+
+    Under torchrun every rank runs it (calibrating and training its shard); rank 0 alone writes
+    files. ``resume`` is passed to QAT (None: resume from a checkpoint of the same recipe if any).
+    """
+    from .train import distributed
+
+    created = distributed.init_from_env()
+    try:
+        return _run_recipe(loaded, out_dir, show_progress, resume)
+    finally:
+        distributed.shutdown(created)
+
+
+def _run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: bool,
+                resume: bool | None) -> dict:
+    from .train import distributed
+
     _check_supported(loaded)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spec = loaded.spec
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    atomic_write_text(out / "recipe.lock.yaml", lock_text(spec, [str(f) for f in loaded.files]))
+    if distributed.is_main():
+        atomic_write_text(out / "recipe.lock.yaml", lock_text(spec, [str(f) for f in loaded.files]))
 
     model = data_mod.build_model(loaded)
     calib_batches = data_mod.make_data(loaded, "calibration")
@@ -254,7 +273,8 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: 
     tick = time.perf_counter()
     state = apply(model, loaded, calib_batches, forward)
     timings["apply_seconds"] = time.perf_counter() - tick
-    result = calibrate(model, loaded, calib_batches, forward, show_progress)
+    shard = distributed.calibration_shard(model, calib_batches, spec.calibration.batches, forward)
+    result = calibrate(model, loaded, shard, forward, show_progress)
     metrics["calibration_seconds"] = result.seconds
     metrics["calibration_batches"] = result.batches
 
@@ -276,8 +296,11 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: 
     if spec.qat is not None:
         from .train.qat import run_qat
 
-        qat_metrics = run_qat(model, loaded, out, forward=forward, evaluate=evaluate, val_batches=val_batches)
+        qat_metrics = run_qat(model, loaded, out, forward=forward, evaluate=evaluate, val_batches=val_batches,
+                              resume=resume, show_progress=show_progress)
         metrics.update(qat_metrics)
+    if not distributed.is_main():
+        return metrics  # rank 0 alone writes the model, exports, metrics and report
 
     save_quantized(model, out / "model.pt", loaded)
     metrics["quantizers"] = state.enabled_count()

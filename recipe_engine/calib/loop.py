@@ -29,8 +29,14 @@ class CalibrationResult:
     max_voxels: int = 0
 
 
-def collect_statistics(model: nn.Module, state: QuantState, batches: Iterable, forward: Callable,
-                       limit: int | None = None, show_progress: bool = True) -> int:
+def collect_statistics(
+    model: nn.Module,
+    state: QuantState,
+    batches: Iterable,
+    forward: Callable,
+    limit: int | None = None,
+    show_progress: bool = True,
+) -> int:
     """Run up to ``limit`` batches through ``model`` with all quantizers collecting statistics."""
     quantizers = [q for _, q in state.unique() if not getattr(q, "_recipe_fixed_amax", False)]
     for quantizer in quantizers:
@@ -48,8 +54,11 @@ def collect_statistics(model: nn.Module, state: QuantState, batches: Iterable, f
                 try:
                     forward(model, batch)
                 except (RuntimeError, ValueError) as exc:
-                    hint = "the batch contains NaN/inf values" if "finite" in str(exc) or "nan" in str(exc) \
+                    hint = (
+                        "the batch contains NaN/inf values"
+                        if "finite" in str(exc) or "nan" in str(exc)
                         else "run the FP32 model on this batch to check the data and the forward adapter"
+                    )
                     raise RecipeError(f"calibration batch {count} failed: {exc}", hint=hint) from exc
                 count += 1
     finally:
@@ -57,7 +66,9 @@ def collect_statistics(model: nn.Module, state: QuantState, batches: Iterable, f
             backend.stop_calibration(quantizer)
         model.train(was_training)
     if count == 0:
-        raise RecipeError("calibration saw no batch", hint="check data.calibration: its factory returned no data")
+        raise RecipeError(
+            "calibration saw no batch", hint="check data.calibration: its factory returned no data"
+        )
     return count
 
 
@@ -70,8 +81,10 @@ def finish_calibration(state: QuantState, settings: CalibrationSection) -> dict[
             amax = backend.get_amax(quantizer)
         else:
             if not backend.has_statistics(quantizer):
-                raise RecipeError(f"quantizer {label} saw no data during calibration",
-                                  hint="the module never ran on the calibration batches: disable it or fix the data")
+                raise RecipeError(
+                    f"quantizer {label} saw no data during calibration",
+                    hint="the module never ran on the calibration batches: disable it or fix the data",
+                )
             method = getattr(quantizer, "_recipe_method", None) or settings.method
             if not backend.is_histogram(quantizer):
                 method = "max"
@@ -79,47 +92,76 @@ def finish_calibration(state: QuantState, settings: CalibrationSection) -> dict[
                 if method == "max" and backend.is_histogram(quantizer):
                     amax = backend.histogram_range(quantizer)
                 else:
-                    amax = compute_amax(backend.calibrator_of(quantizer), method, percentile=settings.percentile,
-                                        start_bin=settings.start_bin, stride=settings.stride)
+                    amax = compute_amax(
+                        backend.calibrator_of(quantizer),
+                        method,
+                        percentile=settings.percentile,
+                        start_bin=settings.start_bin,
+                        stride=settings.stride,
+                    )
             except ValueError as exc:
                 raise RecipeError(f"quantizer {label}: {exc}") from None
             amax = _check_amax(label, amax)
             backend.set_amax(quantizer, amax)
         flat = amax.flatten().float()
-        summary[names[0]] = {"names": names, "amax_min": float(flat.min()), "amax_max": float(flat.max()),
-                             "channels": int(flat.numel()), "method": "fixed" if getattr(
-                                 quantizer, "_recipe_fixed_amax", False) else method}
+        summary[names[0]] = {
+            "names": names,
+            "amax_min": float(flat.min()),
+            "amax_max": float(flat.max()),
+            "channels": int(flat.numel()),
+            "method": "fixed" if getattr(quantizer, "_recipe_fixed_amax", False) else method,
+        }
     return summary
 
 
 def _check_amax(label: str, amax: torch.Tensor) -> torch.Tensor:
     amax = torch.as_tensor(amax).detach().float()
     if not torch.isfinite(amax).all():
-        raise RecipeError(f"quantizer {label}: calibration produced a non-finite amax ({amax.flatten()[:4].tolist()})",
-                          hint="check the data for NaN/inf values")
+        raise RecipeError(
+            f"quantizer {label}: calibration produced a non-finite amax ({amax.flatten()[:4].tolist()})",
+            hint="check the data for NaN/inf values",
+        )
     if amax.numel() == 1 or bool((amax <= 0).all()):
         if float(amax.max()) <= 0:
-            raise RecipeError(f"quantizer {label}: calibration produced amax = 0 (the tensor was all zeros)",
-                              hint="disable this quantizer, or check that the layer receives real data")
+            raise RecipeError(
+                f"quantizer {label}: calibration produced amax = 0 (the tensor was all zeros)",
+                hint="disable this quantizer, or check that the layer receives real data",
+            )
         return amax
     dead = amax <= 0
     if dead.any():
         smallest = float(amax[~dead].min())
-        warnings.warn(f"{label}: {int(dead.sum())} channel(s) are all zeros; using amax {smallest:g} for them",
-                      stacklevel=3)
+        warnings.warn(
+            f"{label}: {int(dead.sum())} channel(s) are all zeros; using amax {smallest:g} for them",
+            stacklevel=3,
+        )
         amax = torch.where(dead, torch.full_like(amax, smallest), amax)
     return amax
 
 
-def calibrate(model: nn.Module, batches: Iterable, settings: CalibrationSection | None = None,
-              forward: Callable | None = None, show_progress: bool = True) -> CalibrationResult:
+def _merge_across_ranks(state: QuantState, count: int) -> int:
+    """Under torchrun, combine every rank's statistics (max / merged histograms); returns the total batches."""
+    from ..train.distributed import merge_statistics
+
+    return merge_statistics(state, count)
+
+
+def calibrate(
+    model: nn.Module,
+    batches: Iterable,
+    settings: CalibrationSection | None = None,
+    forward: Callable | None = None,
+    show_progress: bool = True,
+) -> CalibrationResult:
     """Calibrate a quantized model: collect statistics on ``batches``, then set every amax."""
     from ..data import default_forward
 
     settings = settings or CalibrationSection()
     state = get_state(model)
     start = time.perf_counter()
-    count = collect_statistics(model, state, batches, forward or default_forward, settings.batches, show_progress)
+    count = collect_statistics(
+        model, state, batches, forward or default_forward, settings.batches, show_progress
+    )
+    count = _merge_across_ranks(state, count)
     summary = finish_calibration(state, settings)
     return CalibrationResult(batches=count, seconds=time.perf_counter() - start, amax=summary)
-

@@ -168,6 +168,29 @@ def calibrator_of(quantizer: Quantizer):
     return getattr(quantizer, "_calibrator", None)
 
 
+def calibration_statistics(quantizer: Quantizer) -> dict[str, torch.Tensor] | None:
+    """Statistics collected so far as tensors: ``{"amax"}`` (max) or ``{"hist", "edges"}`` (histogram)."""
+    calibrator = getattr(quantizer, "_calibrator", None)
+    if isinstance(calibrator, HistogramCalibrator):
+        if calibrator._calib_hist is None:
+            return None
+        return {"hist": torch.as_tensor(calibrator._calib_hist).detach(),
+                "edges": torch.as_tensor(calibrator._calib_bin_edges).detach()}
+    amax = None if calibrator is None else calibrator.compute_amax()
+    return None if amax is None else {"amax": amax.detach()}
+
+
+def load_calibration_statistics(quantizer: Quantizer, stats: dict[str, torch.Tensor]) -> None:
+    """Replace a calibrator's statistics (e.g. with statistics merged across ranks)."""
+    calibrator = quantizer._calibrator
+    if isinstance(calibrator, HistogramCalibrator):
+        calibrator._calib_hist = stats["hist"].float()
+        calibrator._calib_bin_edges = stats["edges"].float()
+        calibrator._num_bins = int(stats["hist"].numel())
+    else:
+        calibrator._calib_amax = stats["amax"].clone()
+
+
 def get_amax(quantizer: Quantizer) -> torch.Tensor | None:
     amax = getattr(quantizer, "_amax", None)
     return None if amax is None else amax.detach()

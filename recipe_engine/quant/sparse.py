@@ -80,9 +80,13 @@ class QuantSparseConvMixin:
         x = input.replace_feature(features) if features is not input.features else input
         weight = self._weight_quantizer(self.weight)
         none_act = type(self.act_type).None_
-        out = self._conv_forward(self.training, x, weight, None, None, name=self.name,
-                                 sparse_unique_name=self._sparse_unique_name, act_type=none_act,
-                                 act_alpha=self.act_alpha, act_beta=self.act_beta)
+        act_type, self.act_type = self.act_type, none_act  # spconv asserts no fused act when training
+        try:
+            out = self._conv_forward(self.training, x, weight, None, None, name=self.name,
+                                     sparse_unique_name=self._sparse_unique_name, act_type=none_act,
+                                     act_alpha=self.act_alpha, act_beta=self.act_beta)
+        finally:
+            self.act_type = act_type
         result = out.features
         if self.bias is not None:
             result = result + self.bias
