@@ -17,7 +17,6 @@ from pytorch_quantization.tensor_quant import QuantDescriptor
 from torch import nn
 
 from ..recipe.schema import CalibrationSection, QuantizerSpec
-from . import cpu_compat
 
 # pytorch-quantization logs a warning per amax load and per module; keep the console readable.
 logging.getLogger("pytorch_quantization").setLevel(logging.ERROR)
@@ -27,8 +26,6 @@ try:  # absl logging is what pytorch-quantization actually uses
     absl_logging.set_verbosity(absl_logging.ERROR)
 except ImportError:  # pragma: no cover
     pass
-
-cpu_compat.install()
 
 Quantizer = quant_nn.TensorQuantizer
 
