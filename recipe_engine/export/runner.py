@@ -83,7 +83,6 @@ def run_exports(model: nn.Module, loaded: LoadedRecipe, out_dir: str | os.PathLi
     forward = forward or data_mod.default_forward
     state = get_state(model)  # fails clearly for a model that was never quantized
     _fuse_before_export(model, loaded)
-    _check_sources(loaded)
     _check_modules(model, loaded)
     dense = [e.module or "" for e in spec.export if isinstance(e, OnnxQdqExport)]
     sparse_paths = [e.module or "" for e in spec.export if isinstance(e, OnnxSparseExport)]
@@ -125,17 +124,6 @@ def _check_modules(model: nn.Module, loaded: LoadedRecipe) -> None:
                 find_module(model, entry.module)
             except RecipeError as exc:
                 raise loaded.error(("export", index, "module"), exc.headline, hint=exc.hint) from None
-
-
-def _check_sources(loaded: LoadedRecipe) -> None:
-    qdq_paths: list[str] = []
-    for index, entry in enumerate(loaded.spec.export):
-        if isinstance(entry, OnnxQdqExport):
-            qdq_paths.append(entry.path)
-        elif isinstance(entry, TensorRTExport) and entry.source not in qdq_paths:
-            raise loaded.error(("export", index, "source"),
-                               f"source {entry.source!r} is not the path of an onnx-qdq export listed before it",
-                               hint="onnx-qdq exports here: " + (", ".join(qdq_paths) or "none"))
 
 
 def _base(entry: Any) -> dict[str, Any]:

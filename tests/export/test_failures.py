@@ -146,9 +146,9 @@ def test_tensorrt_source_must_be_an_earlier_qdq_export(tmp_path) -> None:
     recipe = dense_recipe(export=[{"format": "tensorrt", "path": "a.engine", "source": "a.onnx"},
                                   {"format": "onnx-qdq", "path": "a.onnx"}])
     model, batches = build_dense(), dense_batches()
-    prepare(model, recipe, batches)
-    with pytest.raises(RecipeError, match=r"export\[0\]\.source: source 'a\.onnx' is not the path of an onnx-qdq"):
-        export(model, recipe, tmp_path, batches)
+    # checked when the recipe is validated, before any work
+    with pytest.raises(RecipeError, match=r"export\[0\]\.source: source 'a\.onnx' is not the path of an earlier"):
+        prepare(model, recipe, batches)
 
 
 def test_missing_module_suggests_names(tmp_path) -> None:
