@@ -43,6 +43,18 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Quantize PyTorch models to INT8 from declarative YAML recipes."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if not debug:
+        _quiet_upstream_noise()
+
+
+def _quiet_upstream_noise() -> None:
+    """Hide warnings that upstream libraries print on every run and that users cannot act on."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 @main.command()

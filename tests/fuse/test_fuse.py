@@ -178,3 +178,24 @@ def test_recipe_entries_phases_registry_and_no_match() -> None:
                                 "fuse": [{"pattern": ["Conv2d", "BatchNorm2d"]}]}).spec
     with pytest.raises(RecipeError, match="folds nothing"):
         apply_fusions(TinySparseNet().eval(), nothing)
+
+
+@pytest.mark.parametrize("name", ["centerpoint", "bevfusion"])
+def test_zoo_recipes_fold_every_batchnorm_they_declare(name: str) -> None:
+    from pathlib import Path
+
+    from recipe_engine.recipe import load_recipe
+    from recipe_engine.zoo import bevfusion, centerpoint
+
+    module = {"centerpoint": centerpoint, "bevfusion": bevfusion}[name]
+    spec = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / f"{name}_int8.yaml").spec
+    model = module.build().eval()
+    randomize_bn(model)
+    total = sum(1 for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    first = apply_fusions(model, spec, "before_calibration")
+    left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    sparse_input = "encoder.conv_input.1" if name == "centerpoint" else "lidar.conv_input.1"
+    assert left == [sparse_input]  # NVIDIA's scheme: conv_input's BN waits for export
+    later = apply_fusions(model, spec, "before_export")
+    assert len(first) + len(later) == total  # every fusion folds exactly one BatchNorm
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

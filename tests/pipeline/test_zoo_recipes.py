@@ -39,3 +39,14 @@ def test_digits_int8_within_one_point(tmp_path) -> None:
     metrics = _run("digits_int8.yaml", tmp_path)
     assert metrics["fp32"]["top1"] >= 95.0
     assert metrics["fp32"]["top1"] - metrics["int8"]["top1"] <= 1.0
+
+
+@pytest.mark.skipif(not (CHECKPOINTS / "bevfusion.pt").exists(), reason="zoo checkpoint missing")
+def test_bevfusion_int8_within_two_map_points(tmp_path) -> None:
+    metrics = _run("bevfusion_int8.yaml", tmp_path, "vars.calib_batches=4")
+    drop = metrics["fp32"]["mAP"] - metrics["int8"]["mAP"]
+    assert metrics["fp32"]["mAP"] >= 40.0
+    assert drop <= 2.0
+    assert metrics["shared_groups"] == 6  # 3 Bottleneck ties + FPN, fuser and decoder concats
+    assert {e["path"]: e["status"] for e in metrics["exports"]} == {
+        "lidar_scn.onnx": "ok", "camera.onnx": "ok", "fusion_bev.onnx": "ok", "fusion_bev.engine": "skipped"}
