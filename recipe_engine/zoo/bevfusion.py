@@ -26,14 +26,13 @@ from .checkpoint import load_into
 from .detection import (
     NUM_CLASSES,
     Batch,
-    LazyBatches,
-    chunk,
+    SceneSplits,
     detection_loss,
     evaluate_detector,
     render_targets,
 )
 from .images import normalize, render
-from .lidar import NUM_POINT_FEATURES, SPATIAL_SHAPE, collate_voxels, make_frame, split_seeds
+from .lidar import NUM_POINT_FEATURES, SPATIAL_SHAPE, collate_voxels, make_frame
 from .sparse_encoder import SparseBasicBlock, SparseEncoder
 
 __all__ = [
@@ -138,24 +137,10 @@ def make_batch(seeds: Sequence[int]) -> Batch:
     return batch
 
 
-def _data(split: str, count: int, batch_size: int, seed: int, cache: bool) -> LazyBatches:
-    return LazyBatches(chunk(split_seeds(split, count, seed), batch_size), make_batch, cache=cache)
-
-
-def train_data(count: int = 2048, batch_size: int = 4, seed: int = 0, cache: bool = False) -> LazyBatches:
-    """``count`` training scenes in batches (built lazily; not cached by default)."""
-    return _data("train", count, batch_size, seed, cache)
-
-
-def calibration_data(count: int = 64, batch_size: int = 4, seed: int = 0, cache: bool = True) -> LazyBatches:
-    """``count`` calibration scenes (disjoint from train and val) in batches."""
-    return _data("calib", count, batch_size, seed, cache)
-
-
-def val_data(count: int = VAL_SCENES, batch_size: int = VAL_BATCH, seed: int = 0,
-             cache: bool = True) -> LazyBatches:
-    """The held-out validation split (defaults reproduce the recorded metric)."""
-    return _data("val", count, batch_size, seed, cache)
+_SPLITS = SceneSplits(make_batch, VAL_SCENES, VAL_BATCH)
+train_data = _SPLITS.train_data
+calibration_data = _SPLITS.calibration_data
+val_data = _SPLITS.val_data
 
 
 #: Training recipe used by ``python -m recipe_engine.zoo.train bevfusion``.

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .geometry import CLASSES
+from .lidar import split_seeds
 from .metrics import BEVGrid, bev_center_map, decode_centers
 
 NUM_CLASSES = len(CLASSES)
@@ -127,3 +128,32 @@ def evaluate_detector(model: nn.Module, loader: Sequence[Batch],
         model.train(was_training)
     result = bev_center_map(dets, gt_cls, gt_center, NUM_CLASSES)
     return {("AP_" + CLASSES[int(k[3:])] if k.startswith("AP_") else k): v for k, v in result.items()}
+
+
+class SceneSplits:
+    """The train / calibration / validation data factories of one detector, over synthetic scenes.
+
+    ``make_batch(seeds)`` builds one batch; the splits use disjoint seed ranges. The bound methods are
+    what recipes name (``recipe_engine.zoo.centerpoint:calibration_data``).
+    """
+
+    def __init__(self, make_batch: Callable[[Sequence[int]], Batch], val_scenes: int = 48, val_batch: int = 8):
+        self.make_batch = make_batch
+        self.val_scenes = val_scenes
+        self.val_batch = val_batch
+
+    def _data(self, split: str, count: int, batch_size: int, seed: int, cache: bool) -> LazyBatches:
+        return LazyBatches(chunk(split_seeds(split, count, seed), batch_size), self.make_batch, cache=cache)
+
+    def train_data(self, count: int = 2048, batch_size: int = 4, seed: int = 0, cache: bool = False) -> LazyBatches:
+        """``count`` training scenes in batches (built lazily; not cached by default)."""
+        return self._data("train", count, batch_size, seed, cache)
+
+    def calibration_data(self, count: int = 64, batch_size: int = 4, seed: int = 0, cache: bool = True) -> LazyBatches:
+        """``count`` calibration scenes (disjoint from train and val) in batches."""
+        return self._data("calib", count, batch_size, seed, cache)
+
+    def val_data(self, count: int | None = None, batch_size: int | None = None, seed: int = 0,
+                 cache: bool = True) -> LazyBatches:
+        """The held-out validation split (defaults reproduce the recorded metric)."""
+        return self._data("val", count or self.val_scenes, batch_size or self.val_batch, seed, cache)
