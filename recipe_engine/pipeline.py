@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import tempfile
@@ -200,7 +199,7 @@ def plan_recipe(loaded: LoadedRecipe) -> PlanResult:
     model = data_mod.build_model(loaded)
     batches = data_mod.make_data(loaded, "calibration") if loaded.spec.data else None
     forward = data_mod.forward_fn(loaded)
-    selections = plan_quantization_preview(model, loaded.spec)
+    selections = plan_quantization(model, loaded.spec).rule_matches  # what the selectors see, before fusion
     state = apply(model, loaded, batches, forward)
     disable_matching(state, loaded.spec.disable)
     result = PlanResult(loaded.spec.recipe, loaded.spec.version, loaded.spec.factories())
@@ -210,11 +209,6 @@ def plan_recipe(loaded: LoadedRecipe) -> PlanResult:
     result.shares = state.groups
     result.disabled = state.disabled
     return result
-
-
-def plan_quantization_preview(model: nn.Module, spec: Recipe) -> list[list[str]]:
-    """Rule matches on the unfused model (what the user's selectors see)."""
-    return plan_quantization(model, spec).rule_matches
 
 
 # ----------------------------------------------------------------------------- run
@@ -324,8 +318,3 @@ def _run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress:
 
     write_report(model, loaded, out, metrics, next(iter(calib_batches)), forward)
     return metrics
-
-
-def take(batches: Iterable, count: int | None) -> list:
-    """The first ``count`` batches as a list (all when ``count`` is None)."""
-    return list(itertools.islice(batches, count)) if count else list(batches)

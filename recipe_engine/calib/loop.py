@@ -26,7 +26,6 @@ class CalibrationResult:
     batches: int
     seconds: float
     amax: dict[str, dict] = field(default_factory=dict)
-    max_voxels: int = 0
 
 
 def collect_statistics(
