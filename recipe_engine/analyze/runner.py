@@ -132,7 +132,10 @@ def run_tune(model: nn.Module, loaded: LoadedRecipe, out: Path, calib: Any, val:
     final = sign * steps[-1].metric
     names = [n for g in groups if g.name in disabled for n in g.quantizer_names]
     spec = loaded.spec.model_copy(update={"disable": list(loaded.spec.disable) + names, "tune": None})
-    atomic_write_text(out / "recipe.tuned.lock.yaml", lock_text(spec, [str(loaded.path)]))
+    from ..train.distributed import is_main
+
+    if is_main():  # under torchrun every rank tunes identically; rank 0 alone writes
+        atomic_write_text(out / "recipe.tuned.lock.yaml", lock_text(spec, [str(loaded.path)]))
     return {
         "metric": tune.metric, "fp32": fp32, "final": final, "drop": fp32 - final if tune.higher_is_better
         else final - fp32, "allowed_drop": allowed, "success": success, "evaluations": scorer.calls,
