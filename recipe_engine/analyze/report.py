@@ -101,11 +101,15 @@ def write_report(model: nn.Module, loaded: LoadedRecipe, out: Path, metrics: dic
         lines.append("(no histogram calibrators)")
     lines += ["", "## Exports", ""]
     if metrics.get("exports"):
-        keys = sorted({k for e in metrics["exports"] for k in e if not isinstance(e[k], (dict, list))})
-        lines.append("| " + " | ".join(keys) + " |")
-        lines.append("|" + "---|" * len(keys))
+        columns = ["path", "format", "status", "max_abs_diff", "max_diff_steps", "frac_over_1_step", "rel_error",
+                   "seconds"]
+        lines += ["Verification against the PyTorch model on captured calibration inputs (steps: output range / 255; "
+                  "all figures in metrics.json).", "",
+                  "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for entry in metrics["exports"]:
-            lines.append("| " + " | ".join(_fmt(entry.get(k, "")) for k in keys) + " |")
+            lines.append("| " + " | ".join(_fmt(entry.get(k)) if entry.get(k) is not None else "" for k in columns)
+                         + " |")
+        lines += [f"- {e['path']}: {e['reason']}" for e in metrics["exports"] if e.get("reason")]
     else:
         lines.append("(no exports)")
     lines += ["", "## Timings", "", "| step | seconds |", "|---|---|"]
