@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import spconv.pytorch as spconv
 import torch
 from torch import nn
@@ -100,3 +103,18 @@ def output_energy(model: nn.Module, batches) -> dict[str, float]:
     """A stand-in metric: mean squared output (deterministic; changes when quantization changes)."""
     total = sum(float(model(b).square().mean()) for b in batches)
     return {"energy": total / len(batches)}
+
+
+@contextlib.contextmanager
+def upstream_on_cpu() -> Iterator[None]:
+    """Test-only: run pytorch-quantization's CUDA-bound math on CPU as a reference (``.cuda()`` returns
+    the tensor itself; one torch thread, since upstream's many tiny ops stall in OpenMP on a busy
+    2-core machine; results are unaffected)."""
+    original, threads = torch.Tensor.cuda, torch.get_num_threads()
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda = original  # type: ignore[method-assign]
+        torch.set_num_threads(threads)

@@ -22,7 +22,7 @@ from torch import nn
 
 from .bev_blocks import SECOND, SECONDFPN, CenterHead, conv_bn_relu
 from .camera import Bottleneck, CameraEncoder, LSSViewTransform
-from .checkpoint import load_into
+from .checkpoint import pretrained_or_random
 from .detection import (
     NUM_CLASSES,
     Batch,
@@ -106,11 +106,7 @@ class BEVFusionLite(nn.Module):
 def build(pretrained: bool = False, **kwargs: Any) -> BEVFusionLite:
     """Build the model (random init); ``pretrained=True`` loads ``checkpoints/bevfusion.pt``
     (strict) and returns the model in eval mode."""
-    model = BEVFusionLite(**kwargs)
-    if pretrained:
-        load_into(model, NAME)
-        model.eval()
-    return model
+    return pretrained_or_random(BEVFusionLite(**kwargs), NAME, pretrained)
 
 
 def forward_batch(model: nn.Module, batch: Batch) -> torch.Tensor:

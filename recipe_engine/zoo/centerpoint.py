@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .bev_blocks import CenterPointBEV
-from .checkpoint import load_into
+from .checkpoint import pretrained_or_random
 from .detection import (
     NUM_CLASSES,
     Batch,
@@ -64,11 +64,7 @@ class CenterPointLite(nn.Module):
 def build(pretrained: bool = False, **kwargs: Any) -> CenterPointLite:
     """Build the model (random init); ``pretrained=True`` loads the committed checkpoint
     (``checkpoints/centerpoint.pt``, strict) and returns the model in eval mode."""
-    model = CenterPointLite(**kwargs)
-    if pretrained:
-        load_into(model, NAME)
-        model.eval()
-    return model
+    return pretrained_or_random(CenterPointLite(**kwargs), NAME, pretrained)
 
 
 def forward_batch(model: nn.Module, batch: Batch) -> torch.Tensor:

@@ -58,3 +58,11 @@ def load_into(model: nn.Module, name_or_path: str | os.PathLike) -> dict[str, An
     state, meta = load_checkpoint(name_or_path)
     model.load_state_dict(state, strict=True)
     return meta
+
+
+def pretrained_or_random(model: nn.Module, name: str, pretrained: bool) -> nn.Module:
+    """``model`` as built (random init), or with checkpoint ``name`` loaded strictly and in eval mode."""
+    if pretrained:
+        load_into(model, name)
+        model.eval()
+    return model

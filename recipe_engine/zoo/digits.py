@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_into
+from .checkpoint import pretrained_or_random
 from .metrics import top1
 
 NAME = "digits"
@@ -77,11 +77,7 @@ class DigitsNet(nn.Module):
 def build(pretrained: bool = False, **kwargs: Any) -> DigitsNet:
     """Build the model (random init); ``pretrained=True`` loads ``checkpoints/digits.pt``
     (strict) and returns the model in eval mode."""
-    model = DigitsNet(**kwargs)
-    if pretrained:
-        load_into(model, NAME)
-        model.eval()
-    return model
+    return pretrained_or_random(DigitsNet(**kwargs), NAME, pretrained)
 
 
 @lru_cache(maxsize=1)

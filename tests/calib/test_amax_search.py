@@ -3,14 +3,13 @@
 Histograms are recorded by running seeded activation-like data through a real ``HistogramCalibrator``.
 Upstream's MSE path calls ``.cuda()`` (calib/histogram.py line 265), so its reference is computed by
 calling upstream's ``_compute_amax_mse`` with ``torch.Tensor.cuda`` temporarily patched to the identity
-(test-only, see ``_cuda_is_identity``); this runs upstream's exact math on CPU.
+(test-only, see ``upstream_on_cpu``); this runs upstream's exact math on CPU.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -25,20 +24,7 @@ from recipe_engine.calib.amax_search import (
     mse_amax,
     percentile_amax,
 )
-
-
-@contextlib.contextmanager
-def _cuda_is_identity() -> Iterator[None]:
-    """Run upstream on CPU: ``.cuda()`` returns the tensor itself (and one torch thread: upstream's many
-    tiny ops otherwise stall in OpenMP on a busy 2-core machine; results are unaffected)."""
-    original, threads = torch.Tensor.cuda, torch.get_num_threads()
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.Tensor.cuda = original  # type: ignore[method-assign]
-        torch.set_num_threads(threads)
+from tests.helpers import upstream_on_cpu
 
 
 def upstream_amax(method: str, calibrator: HistogramCalibrator, **kwargs: object) -> float:
@@ -49,7 +35,7 @@ def upstream_amax(method: str, calibrator: HistogramCalibrator, **kwargs: object
     )
     copy._calib_hist = hist.clone() if isinstance(hist, torch.Tensor) else hist.copy()
     copy._calib_bin_edges = edges
-    with _cuda_is_identity():
+    with upstream_on_cpu():
         return float(copy.compute_amax(method, **kwargs))
 
 
@@ -174,7 +160,7 @@ def _synthetic(counts: dict[int, int], num_bins: int = 256) -> tuple[np.ndarray,
 
 def _upstream_pure(method: str, hist: np.ndarray, edges: np.ndarray, **kwargs: object) -> float:
     hist = hist.copy()
-    with _cuda_is_identity():
+    with upstream_on_cpu():
         if method == "entropy":
             return float(upstream_hist._compute_amax_entropy(hist, edges, 8, False, **kwargs))
         if method == "mse":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 from collections.abc import Iterator
 
@@ -16,6 +15,7 @@ from pytorch_quantization.tensor_quant import QuantDescriptor
 
 from recipe_engine.calib.amax_search import EmptyCalibratorError, mse_amax
 from recipe_engine.quant import cpu_compat
+from tests.helpers import upstream_on_cpu
 
 UPSTREAM_LOAD = cpu_compat._UPSTREAM_LOAD  # captured before anything could install() the workaround
 
@@ -40,20 +40,6 @@ def _no_cuda(self: torch.Tensor, *args: object, **kwargs: object) -> torch.Tenso
 def cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``Tensor.cuda()`` fail as on a CPU-only torch build, also on machines that have a GPU."""
     monkeypatch.setattr(torch.Tensor, "cuda", _no_cuda)
-
-
-@contextlib.contextmanager
-def _cuda_is_identity() -> Iterator[None]:
-    """Test-only: run upstream's MSE math on CPU as the reference (one torch thread: its many tiny ops
-    otherwise stall in OpenMP on a busy 2-core machine; results are unaffected)."""
-    original, threads = torch.Tensor.cuda, torch.get_num_threads()
-    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.Tensor.cuda = original  # type: ignore[method-assign]
-        torch.set_num_threads(threads)
 
 
 def _calibrated_conv(seed: int = 0) -> tuple[quant_nn.QuantConv2d, torch.Tensor]:
@@ -113,7 +99,7 @@ def test_mse_calibration_on_cpu_matches_search_and_upstream(cpu_only: None) -> N
     assert float(amax) == float(mse_amax(hist, edges))
     assert torch.equal(amax, cpu_compat.compute_histogram_amax(calibrator, "mse"))
 
-    with _cuda_is_identity():
+    with upstream_on_cpu():
         reference = float(upstream_hist._compute_amax_mse(hist.numpy(), edges.numpy(), 8, False))
     assert abs(float(amax) - reference) <= float(edges[1] - edges[0])
 
