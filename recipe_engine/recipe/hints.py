@@ -16,28 +16,19 @@ from .schema import Recipe
 _TYPE_ERRORS = ("_type", "literal_error", "union_tag_invalid", "is_instance_of")
 
 
-def _data_path(loc: tuple, data: Any) -> tuple[tuple, bool]:
-    """Strip pydantic's union/tag segments from ``loc``; return the data path and whether it exists."""
+def _data_path(loc: tuple, data: Any) -> tuple:
+    """``loc`` without pydantic's union/tag segments: the path of the value (or missing key) in ``data``."""
     path: list = []
     node = data
-    exists = True
-    for index, part in enumerate(loc):
-        last = index == len(loc) - 1
+    for part in loc:
         if isinstance(node, dict) and part in node:
-            path.append(part)
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            path.append(part)
             node = node[part]
-        elif isinstance(node, dict) and last and isinstance(part, str) and not _looks_like_tag(part):
-            path.append(part)  # a missing key
-            exists = False
-        elif _looks_like_tag(part) or isinstance(node, dict) is False:
-            continue
-        else:
-            path.append(part)
-            exists = False
-    return tuple(path), exists
+        elif _looks_like_tag(part) or not isinstance(node, dict):
+            continue  # a union branch tag, or a position inside a scalar/short list
+        path.append(part)  # present, or the missing/unknown key the error is about
+    return tuple(path)
 
 
 def _looks_like_tag(part: Any) -> bool:
@@ -107,7 +98,7 @@ def diagnostics_from_validation(exc: ValidationError, data: Any, positions: dict
     """One diagnostic per distinct problem, located at the key that caused it."""
     entries = []
     for error in exc.errors():
-        path, _ = _data_path(tuple(error["loc"]), data)
+        path = _data_path(tuple(error["loc"]), data)
         entries.append((path, error))
     # In a union (e.g. `str | Selector`), drop the branches whose type the value plainly is not.
     deep = {p for p, e in entries if not e["type"].endswith(_TYPE_ERRORS)}
