@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .recipe.errors import RecipeError
+from .recipe.errors import RecipeError, dotted
 from .recipe.schema import Selector
 
 # Short names -> importable paths. Sparse names resolve only when spconv is installed.
@@ -203,22 +203,25 @@ def _check_every_entry(sel: Selector, types: list[type], candidates: list[Match]
         for index, pattern in enumerate(sel.name):
             if not any(match_name(pattern, n) for n in names):
                 close = difflib.get_close_matches(pattern, [n for n, _ in pool if n], n=3, cutoff=0.5)
-                raise RecipeError(f"{what}: name entry {pattern!r} matches no module (the other entries do)",
+                raise RecipeError(f"{dotted(base + ('name', index))}: {pattern!r} matches no module (the other "
+                                  f"entries of {what} do)",
                                   hint=(f"nearest module paths: {', '.join(close)}; " if close else "")
                                   + "every entry of a list must match; add `optional: true` if that is expected",
                                   key=base + ("name", index))
     if isinstance(sel.type, list):
         for index, cls in enumerate(types):
             if not any(_type_matches(m.module, [cls], sel.exact) for m in candidates):
-                raise RecipeError(f"{what}: type entry {sel.type[index]!r} matches no module (the other entries do)",
+                raise RecipeError(f"{dotted(base + ('type', index))}: {sel.type[index]!r} matches no module (the "
+                                  f"other entries of {what} do)",
                                   hint="every entry of a list must match; add `optional: true` if that is expected",
                                   key=base + ("type", index))
     patterns = [sel.exclude] if isinstance(sel.exclude, str) else list(sel.exclude or [])
     for index, pattern in enumerate(patterns):
         if not any(match_name(pattern, n) for n in names):
-            raise RecipeError(f"{what}: exclude {pattern!r} removes nothing (it matches no selected module)",
+            key = base + ("exclude",) + ((index,) if isinstance(sel.exclude, list) else ())
+            raise RecipeError(f"{dotted(key)}: {pattern!r} removes nothing (it matches no module {what} selects)",
                               hint="check the pattern against `recipe plan`; add `optional: true` if that is expected",
-                              key=base + ("exclude",) + ((index,) if isinstance(sel.exclude, list) else ()))
+                              key=key)
 
 
 def no_match_error(sel: Selector, pool: list[tuple[str, nn.Module]], what: str) -> RecipeError:

@@ -112,13 +112,17 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         _check_binop(operator, left, right)
         return super().call_binop(context, operator, left, right)
 
+    def wrap_str_format(self, value: Any) -> Any:
+        if getattr(value, "__name__", "") in ("format", "format_map"):
+            _check_format(getattr(value, "__self__", None))
+        return super().wrap_str_format(value)
+
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - jinja's API
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, (str, bytes, list, tuple)):  # 'x'.center(10**9), 'x'.zfill(...), ...
             for value in (*args, *kwargs.values()):
                 _check_number(value, f"{type(owner).__name__}.{getattr(__obj, '__name__', '?')}()")
-            if getattr(__obj, "__name__", "") in ("format", "format_map"):
-                _check_format(owner)
+
         return super().call(__context, __obj, *args, **kwargs)
 
 

@@ -30,6 +30,7 @@ MAX_NODES = 200_000
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _CORE = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_CORE + t for t in ("str", "int", "float", "bool", "null")}
+_PLAIN_SCALARS = frozenset(_SCALAR_TAGS)
 _NOT_JSON = {
     _CORE + "timestamp": "a date/time is not a JSON value: quote it to keep it as a string",
     _CORE + "binary": "!!binary values are not supported: recipes hold JSON-like data only",
@@ -57,12 +58,17 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[tuple, Position]]:
         raise _refuse(Position(file), f"recipe file is too large ({size} bytes; the limit is {MAX_BYTES})",
                       "a recipe is a short configuration file: move data out of it (e.g. into a data factory)")
     try:
-        _check_nesting(text, file)
+        if _LOADER is yaml.SafeLoader:  # libyaml's composer has its own nesting limit; PyYAML's recurses
+            _check_nesting(text, file)
         loader = _LOADER(text)
+        positions: dict[tuple, Position] = {}
+        problems: list[Diagnostic] = []
         try:
             node = loader.get_single_node()
             if node is not None:
                 _check_graph(node, file)
+                positions[()] = _pos(file, node)
+                _walk(node, (), file, positions, problems)  # before construction, which flattens merge keys
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -75,11 +81,6 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[tuple, Position]]:
                                                   "check indentation, colons and quotes on this line")]) from None
     except yaml.YAMLError as exc:
         raise RecipeError(diagnostics=[Diagnostic(Position(file), f"malformed YAML: {exc}")]) from None
-    positions: dict[tuple, Position] = {}
-    problems: list[Diagnostic] = []
-    if node is not None:
-        positions[()] = _pos(file, node)
-        _walk(node, (), file, positions, problems)
     if problems:
         raise RecipeError(diagnostics=problems)
     return data, positions
@@ -98,36 +99,38 @@ def _check_nesting(text: str, file: str) -> None:
             depth -= 1
 
 
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
-
-
 def _check_graph(root: yaml.Node, file: str) -> None:
     """Bound the document as expanded through aliases: size, depth, no cycles, JSON-like tags only.
 
-    Iterative, memoised per node: an alias bomb is measured in time linear in the file.
+    Iterative, memoised per collection node: an alias bomb is measured in time linear in the file.
     """
     size: dict[int, int] = {}
     depth: dict[int, int] = {}
     on_stack: set[int] = set()
+    if isinstance(root, yaml.ScalarNode):
+        _check_tag(root, file)
+        return
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, done = stack.pop()
         key = id(node)
+        kids = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
         if done:
             on_stack.discard(key)
-            kids = _children(node)
-            size[key] = 1 + sum(size[id(k)] for k in kids)
-            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
-            if size[key] > MAX_NODES:
+            total, deepest = 1, 0
+            for kid in kids:
+                if isinstance(kid, yaml.ScalarNode):
+                    total += 1
+                    deepest = deepest or 1
+                else:
+                    total += size[id(kid)]
+                    deepest = max(deepest, depth[id(kid)])
+            size[key], depth[key] = total, deepest + 1
+            if total > MAX_NODES:
                 raise _refuse(_pos(file, node), f"the document expands to more than {MAX_NODES} values "
                               "through aliases", "aliases (*name) may repeat a value, not multiply it: "
                               "remove the nested aliases")
-            if depth[key] > MAX_DEPTH:
+            if deepest + 1 > MAX_DEPTH:
                 raise _refuse(_pos(file, node), f"YAML nesting (through aliases) is deeper than {MAX_DEPTH} levels",
                               "flatten the structure or use fewer nested aliases")
             continue
@@ -139,9 +142,12 @@ def _check_graph(root: yaml.Node, file: str) -> None:
         _check_tag(node, file)
         on_stack.add(key)
         stack.append((node, True))
-        for child in reversed(_children(node)):
-            if id(child) not in size:
-                stack.append((child, False))
+        for kid in kids:
+            if isinstance(kid, yaml.ScalarNode):
+                if kid.tag not in _PLAIN_SCALARS:
+                    _check_tag(kid, file)
+            elif id(kid) not in size:
+                stack.append((kid, False))
 
 
 def _check_tag(node: yaml.Node, file: str) -> None:
@@ -198,8 +204,6 @@ def _drop_under(out: dict[tuple, Position], prefix: tuple) -> None:
 
 
 def _scalar_key(node: yaml.ScalarNode) -> Any:
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_object(node)
-    finally:
-        loader.dispose()
+    if node.tag == _CORE + "str":
+        return node.value
+    return yaml.constructor.SafeConstructor().construct_object(node)
