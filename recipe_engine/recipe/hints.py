@@ -139,9 +139,19 @@ def diagnostics_from_validation(exc: ValidationError, data: Any, positions: dict
                 hint = f"quote the value: '{value}'" + (" (versions are MAJOR.MINOR.PATCH, e.g. '1.0.0')"
                                                         if path == ("version",) else "")
             if not isinstance(value, (dict, list)) and kind != "extra_forbidden":
-                message += f" (got {value!r})"
+                message += f" (got {value!r})" if repr(value) not in message else ""
+            hint = hint or _hint_for(path)
         diagnostics.append(Diagnostic(nearest_position(positions, path, default), f"{dotted(path)}: {message}", hint))
     return diagnostics
+
+
+def _hint_for(path: tuple) -> str | None:
+    """Fix hints for a few keys whose errors come from validators (not from the type of the value)."""
+    if len(path) == 3 and path[0] == "export" and path[2] in ("path", "source"):
+        return "write a file name relative to the run directory, e.g. 'model.onnx' or 'onnx/model.onnx'"
+    if path[:1] == ("share",) and (len(path) == 2 or path[2:] == ("quantizers",)):
+        return "a share group needs two or more quantizers: list them, or use one group per for_each match"
+    return None
 
 
 def _clean(message: str) -> str:

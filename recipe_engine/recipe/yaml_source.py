@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .errors import Diagnostic, Position, RecipeError
+from .errors import Diagnostic, Position, RecipeError, dotted
 
 MAX_BYTES = 1_000_000
 MAX_DEPTH = 64
@@ -69,6 +69,8 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[tuple, Position]]:
                 _check_graph(node, file)
                 positions[()] = _pos(file, node)
                 _walk(node, (), file, positions, problems)  # before construction, which flattens merge keys
+            if problems:
+                raise RecipeError(diagnostics=problems)
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -81,8 +83,6 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[tuple, Position]]:
                                                   "check indentation, colons and quotes on this line")]) from None
     except yaml.YAMLError as exc:
         raise RecipeError(diagnostics=[Diagnostic(Position(file), f"malformed YAML: {exc}")]) from None
-    if problems:
-        raise RecipeError(diagnostics=problems)
     return data, positions
 
 
@@ -108,7 +108,6 @@ def _check_graph(root: yaml.Node, file: str) -> None:
     depth: dict[int, int] = {}
     on_stack: set[int] = set()
     if isinstance(root, yaml.ScalarNode):
-        _check_tag(root, file)
         return
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
@@ -139,26 +138,26 @@ def _check_graph(root: yaml.Node, file: str) -> None:
         if key in on_stack:
             raise _refuse(_pos(file, node), "recursive YAML alias: a value contains itself",
                           "an alias (*name) must not refer to a mapping or list that contains it")
-        _check_tag(node, file)
         on_stack.add(key)
         stack.append((node, True))
         for kid in kids:
-            if isinstance(kid, yaml.ScalarNode):
-                if kid.tag not in _PLAIN_SCALARS:
-                    _check_tag(kid, file)
-            elif id(kid) not in size:
+            if not isinstance(kid, yaml.ScalarNode) and id(kid) not in size:
                 stack.append((kid, False))
 
 
-def _check_tag(node: yaml.Node, file: str) -> None:
+def _tag_problem(node: yaml.Node, path: tuple, file: str) -> Diagnostic | None:
+    """A diagnostic when ``node`` is not JSON-like data (``!!set``, a timestamp, a custom tag...)."""
     tag = node.tag
+    if tag in _PLAIN_SCALARS or tag == _CORE + ("seq" if isinstance(node, yaml.SequenceNode) else "map"):
+        return None
+    if isinstance(node, yaml.ScalarNode) and tag == _CORE + "merge":
+        return None
+    where = f"{dotted(path)}: " if path else ""
     if tag in _NOT_JSON:
-        raise _refuse(_pos(file, node), f"unsupported YAML value ({tag.removeprefix(_CORE)}): "
-                      + _NOT_JSON[tag].split(": ")[0], _NOT_JSON[tag].split(": ", 1)[-1])
-    allowed = (_SCALAR_TAGS | {_CORE + "merge"} if isinstance(node, yaml.ScalarNode)
-               else {_CORE + "seq"} if isinstance(node, yaml.SequenceNode) else {_CORE + "map"})
-    if tag not in allowed:
-        raise _refuse(_pos(file, node), f"unsupported YAML tag {tag!r}",
+        message, hint = _NOT_JSON[tag].split(": ", 1)
+        return Diagnostic(_pos(file, node), f"{where}unsupported YAML value ({tag.removeprefix(_CORE)}): {message}",
+                          hint)
+    return Diagnostic(_pos(file, node), f"{where}unsupported YAML tag {tag!r}",
                       "recipes hold JSON-like data only: mappings, lists, strings, numbers, booleans, null")
 
 
@@ -167,6 +166,10 @@ def _is_merge(node: yaml.Node) -> bool:
 
 
 def _walk(node: yaml.Node, path: tuple, file: str, out: dict[tuple, Position], problems: list[Diagnostic]) -> None:
+    problem = _tag_problem(node, path, file)
+    if problem is not None:
+        problems.append(problem)
+        return
     if isinstance(node, yaml.MappingNode):
         merged = [value for key_node, value in node.value if _is_merge(key_node)]
         for value in reversed(merged):  # as safe_load: earlier merges and explicit keys win
@@ -186,6 +189,10 @@ def _walk_pairs(node: yaml.MappingNode, path: tuple, file: str, out: dict[tuple,
     seen: set[Any] = set()
     for key_node, value_node in node.value:
         if _is_merge(key_node):
+            continue
+        problem = _tag_problem(key_node, path, file)
+        if problem is not None:
+            problems.append(problem)
             continue
         key = _scalar_key(key_node) if isinstance(key_node, yaml.ScalarNode) else key_node.start_mark.index
         if check_duplicates and key in seen:
