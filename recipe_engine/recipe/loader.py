@@ -27,6 +27,7 @@ from .template_limits import TemplateLimitError, render_budget
 from .yaml_source import MAX_BYTES, parse_yaml
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
+SECRET_SECTIONS = (("vars",), ("model",), ("data",))  # where secret() values may go: only into code's arguments
 
 
 @dataclass
@@ -223,6 +224,11 @@ def _resolve(path: str | os.PathLike, overrides: list[str] | tuple[str, ...]) ->
         raise RecipeError(diagnostics=[Diagnostic(default, f"templates: {exc}",
                                                   "templates compute small configuration values")]) from None
     problems += more
+    for where in secrets.redactions:
+        if where[:1] not in SECRET_SECTIONS:
+            problems.append(Diagnostic(nearest_position(positions, where, default), f"{dotted(where)}: holds a "
+                                       "secret() value, which the engine would print (report, logs)",
+                                       "pass secrets only to code: model/data kwargs (directly or through vars)"))
     if problems:
         raise RecipeError(diagnostics=problems)
     if variables:

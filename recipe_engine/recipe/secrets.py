@@ -15,6 +15,10 @@ identity (or break automatic QAT resume), and a hash over the value would let an
 holds the lock confirm a guessed secret offline. If a secret changes behaviour (not just
 access), pass it with ``env`` instead so that the lock records it.
 
+Secrets may only sit under ``vars``, ``model`` and ``data`` (the arguments of code the recipe
+runs): anywhere else (``description``, export paths...) the engine would print them in the
+report or in messages, so that is a located error.
+
 Secrets are strings; a secret converted inside the template (``secret('N') | int``) is
 recorded as ``<secret:N>`` as a whole.
 """

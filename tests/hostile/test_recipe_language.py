@@ -394,6 +394,15 @@ def test_missing_secret_is_located(write, monkeypatch) -> None:
     assert_located(_cli("validate", str(path)), path, "vars.token", "'RE_HOSTILE_TOKEN' is not set", line=4)
 
 
+def test_secret_outside_code_arguments_is_refused(write, monkeypatch) -> None:
+    monkeypatch.setenv("RE_HOSTILE_TOKEN", "s3cr3t-value-1")
+    path = write("secret_description.yaml", HEAD + "vars: {token: \"{{ secret('RE_HOSTILE_TOKEN') }}\"}\n"
+                 "description: 'uses {{ token }}'\n")
+    result = _cli("validate", str(path))
+    assert_located(result, path, "description", "secret()", line=4)
+    assert "s3cr3t-value-1" not in result.output
+
+
 # ----------------------------------------------------------------------------- fuzz: shipped recipes, mutated text
 SHIPPED = {p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "recipes").glob("*.yaml"))}
 NOISE = st.sampled_from(list("&*<>:!-[]{}|#%@`'\"\\ \n\t,?=~.0aZ") + [
