@@ -77,8 +77,9 @@ def resolve_type(name: str) -> type:
         obj = getattr(obj, part, None)
         if obj is None:
             raise RecipeError(f"type {name!r}: {module_name!r} has no attribute {attr!r}")
-    if not isinstance(obj, type):
-        raise RecipeError(f"type {name!r} is not a class")
+    if not isinstance(obj, type) or not issubclass(obj, nn.Module):
+        raise RecipeError(f"type {name!r} is not a module class (a subclass of torch.nn.Module)",
+                          hint="selectors and fusions match modules: name a layer or block class")
     return obj
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from .errors import Diagnostic, Position, RecipeError
+from .yaml_source import parse_yaml
 
 Positions = dict[tuple, Position]
 
@@ -79,10 +78,10 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise RecipeError(f"--set {text!r}: empty key segment", hint="keys are dotted paths like calibration.batches")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"--set {text!r}: value is not valid YAML: {exc}",
+    try:  # the same bounded, JSON-like-only parser as recipe files
+        value = parse_yaml(raw, f"--set {key}")[0] if raw.strip() else ""
+    except RecipeError as exc:
+        raise RecipeError(f"--set {text!r}: value is not valid YAML: {exc.format()}",
                           hint="quote the whole argument in your shell, e.g. --set 'disable=[a, b]'") from None
     path: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
     return path, value

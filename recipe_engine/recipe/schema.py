@@ -12,6 +12,7 @@ This module must stay light: it is imported by ``recipe validate`` and
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -56,7 +57,9 @@ def _check_patterns(value: str | list[str] | None) -> str | list[str] | None:
             raise ValueError("empty name pattern")
         if pattern.startswith("re:"):
             try:
-                re.compile(pattern[3:])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    re.compile(pattern[3:])
             except re.error as exc:
                 raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
     return value

@@ -23,9 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recipe_engine.cli import main
-from recipe_engine.recipe import RecipeError, load_recipe, lock_text
+from recipe_engine.recipe import load_recipe, lock_text
 from recipe_engine.recipe.diffing import diff_recipes
 from recipe_engine.recipe.paths import RESERVED_NAMES, safe_dir_name, safe_relative_path
+from recipe_engine.recipe.schema import Selector
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = "recipe: hostile\nversion: 1.0.0\n"
@@ -287,6 +288,57 @@ def test_run_time_selector_errors_carry_positions(tail: str, key: str, needle: s
     rules = "" if tail.startswith("rules") else "rules:\n  - select: {type: Conv2d}\n    quantize: {input: act}\n"
     path = write("runtime.yaml", HEAD + MODEL + rules + tail)
     assert_located(_cli("plan", str(path)), path, key, needle, line=line)
+
+
+SELECTOR_ATOMS = st.sampled_from(["stem", "stem.0", "*", "**", "?", "[", "]", "[z-a]", "[!a]", "re:", "re:(", "re:.*",
+                                  ".", "..", "block.conv1", "merge.*", "{module}", "\\", "[]", "re:(a+)+"])
+SELECTOR_TYPES = st.sampled_from(["Conv2d", "Conv9d", "torch.nn.Conv2d", "torch.nn:Conv2d", "os.path", "torch.nn",
+                                  "tests.export.models:ResBlock", "tests.export.models:nothing", "typing:Any",
+                                  "builtins:int", "torch.nn.functional:relu", "SparseConv", "SubMConv9d"])
+PATTERNS = st.lists(SELECTOR_ATOMS, min_size=1, max_size=3).map("".join)
+
+
+def _one_or_list(strategy):
+    return strategy | st.lists(strategy, min_size=1, max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(selector=st.fixed_dictionaries({}, optional={
+    "name": _one_or_list(PATTERNS), "type": _one_or_list(SELECTOR_TYPES), "under": PATTERNS,
+    "exclude": _one_or_list(PATTERNS), "optional": st.booleans(), "exact": st.booleans()}))
+def test_any_selector_selects_or_raises_recipe_error(selector: dict) -> None:
+    """Selector fuzz at model-build time: a list of matches, or a RecipeError naming the selector."""
+    from pydantic import ValidationError
+
+    from recipe_engine.recipe import RecipeError
+    from recipe_engine.select import select
+    from tests.export.models import build_dense
+
+    try:
+        parsed = Selector.model_validate(selector)
+    except ValidationError:
+        return
+    try:
+        found = select(_DENSE.setdefault("model", build_dense()), parsed, what="rules[0].select")
+    except RecipeError as exc:
+        assert exc.key and exc.key[:3] == ("rules", 0, "select"), exc.format()
+        return
+    assert found or parsed.optional
+
+
+_DENSE: dict = {}
+
+
+def test_set_values_are_bounded_and_json_like(write) -> None:
+    path = write("plain.yaml", HEAD)
+    result = _cli("validate", str(path), "--set", "vars.x=!!set {a, b}")
+    assert result.exit_code == 1 and "--set vars.x" in result.output and "Traceback" not in result.output
+    bomb = "[" + ", ".join(["&a0 [x, x, x, x, x, x, x, x, x]"] + [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]"
+                                                                  for i in range(1, 9)]) + "]"
+    start = time.process_time()
+    result = _cli("validate", str(path), "--set", f"vars.x={bomb}")
+    assert result.exit_code == 1 and "expands to more than" in result.output
+    assert time.process_time() - start < 2.0
 
 
 def test_version_with_newline_is_refused(write) -> None:
