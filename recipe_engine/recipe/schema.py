@@ -11,8 +11,6 @@ This module must stay light: it is imported by ``recipe validate`` and
 
 from __future__ import annotations
 
-import re
-import warnings
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -20,13 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from .imports import Import, recipe_imports
 from .paths import path_conflicts, safe_relative_path
-
-SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
-)
-CALLABLE_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-TYPE_PATH = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
+from .validators import SEMVER, check_artifact, check_callable, check_patterns, check_types
 
 CalibrationMethod = Literal["max", "entropy", "mse", "percentile"]
 
@@ -35,38 +27,6 @@ class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-def _check_callable(value: str | None) -> str | None:
-    if value is not None and not CALLABLE_PATH.fullmatch(value):
-        raise ValueError(f"expected 'package.module:callable', got {value!r}")
-    return value
-
-
-def _check_types(value: str | list[str] | None) -> str | list[str] | None:
-    for name in [value] if isinstance(value, str) else (value or []):
-        if not TYPE_PATH.fullmatch(name):
-            raise ValueError(f"type {name!r} is not a class name: write a torch.nn class (Conv2d), an spconv "
-                             "class (SubMConv3d) or 'package.module:Class'")
-    return value
-
-
-def _check_patterns(value: str | list[str] | None) -> str | list[str] | None:
-    for pattern in [value] if isinstance(value, str) else (value or []):
-        if not pattern:
-            raise ValueError("empty name pattern")
-        if pattern.startswith("re:"):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    re.compile(pattern[3:])
-            except re.error as exc:
-                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
-    return value
-
-
-def _check_artifact(value: str) -> str:
-    return str(safe_relative_path(value))
 
 
 # --------------------------------------------------------------------------- quantizers
@@ -146,8 +106,8 @@ class Selector(Section):
         False, title="Optional", description="Selecting nothing is not an error (it is by default)."
     )
 
-    _types = field_validator("type")(classmethod(lambda cls, v: _check_types(v)))
-    _patterns = field_validator("name", "under", "exclude")(classmethod(lambda cls, v: _check_patterns(v)))
+    _types = field_validator("type")(classmethod(lambda cls, v: check_types(v)))
+    _patterns = field_validator("name", "under", "exclude")(classmethod(lambda cls, v: check_patterns(v)))
 
     @model_validator(mode="after")
     def _not_empty(self) -> Selector:
@@ -239,10 +199,10 @@ class FuseEntry(Section):
     @classmethod
     def _pattern_types(cls, value: list[str] | None) -> list[str] | None:
         for element in value or []:
-            _check_types([part.strip() for part in element.split("|")])
+            check_types([part.strip() for part in element.split("|")])
         return value
 
-    _block = field_validator("block")(classmethod(lambda cls, v: _check_types(v)))
+    _block = field_validator("block")(classmethod(lambda cls, v: check_types(v)))
 
     @model_validator(mode="after")
     def _one_kind(self) -> FuseEntry:
@@ -288,7 +248,7 @@ class FactoryRef(Section):
     factory: str = Field(title="Factory", description="'package.module:callable' returning the object.")
     kwargs: dict[str, Any] = Field(default_factory=dict, title="Keyword arguments")
 
-    _check = field_validator("factory")(classmethod(lambda cls, v: _check_callable(v)))
+    _check = field_validator("factory")(classmethod(lambda cls, v: check_callable(v)))
 
 
 class ModelSection(FactoryRef):
@@ -328,7 +288,7 @@ class DataSection(Section):
         None, title="Loss", description="'module:callable' (output, batch) -> scalar loss, used by QAT."
     )
 
-    _check = field_validator("forward", "evaluate", "loss")(classmethod(lambda cls, v: _check_callable(v)))
+    _check = field_validator("forward", "evaluate", "loss")(classmethod(lambda cls, v: check_callable(v)))
 
 
 # --------------------------------------------------------------------------- calibration
@@ -462,7 +422,7 @@ class ExportBase(Section):
         "of the files the run writes itself (recipe.lock.yaml, model.pt, metrics.json, report.md, ...).",
     )
 
-    _path = field_validator("path")(classmethod(lambda cls, v: _check_artifact(v)))
+    _path = field_validator("path")(classmethod(lambda cls, v: check_artifact(v)))
 
 
 class OnnxQdqExport(ExportBase):
