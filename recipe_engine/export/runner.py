@@ -113,7 +113,8 @@ def _fuse_before_export(model: nn.Module, loaded: LoadedRecipe) -> None:
         return
     from ..fuse import apply_fusions
 
-    apply_fusions(model, loaded.spec, phase="before_export")
+    with loaded.located():
+        apply_fusions(model, loaded.spec, phase="before_export")
     model.__dict__[FUSED_FLAG] = True
 
 
