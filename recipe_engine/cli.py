@@ -177,21 +177,28 @@ def plan(recipe_file: str, overrides: tuple[str, ...], as_json: bool) -> None:
 @click.option("--resume/--no-resume", default=None,
               help="QAT: continue from the run directory's checkpoint (--resume requires one). Default: resume "
                    "automatically when it holds a checkpoint of the same recipe (sha256).")
+@click.option("--overwrite", is_flag=True,
+              help="Allow this run to replace a QAT checkpoint of another recipe in the run directory.")
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Run on N local processes under torchrun (gloo on CPU, nccl on GPU).")
 @click.pass_context
 def run(ctx: click.Context, recipe_file: str, overrides: tuple[str, ...], out_dir: Path | None,
-        resume: bool | None, nproc: int | None) -> None:
-    """Run the whole pipeline: fuse, quantize, calibrate, evaluate, [QAT,] save, export."""
+        resume: bool | None, overwrite: bool, nproc: int | None) -> None:
+    """Run the whole pipeline: fuse, quantize, calibrate, evaluate, [QAT,] save, export.
+
+    The run is built next to the run directory and moved into place when it completes; a failed
+    run leaves its record (metrics.json, report.md, files so far) in <run directory>.failed.
+    """
     from .recipe import load_recipe
+    from .util.rundir import safe_dir_name
 
     loaded = load_recipe(recipe_file, overrides)
-    target = out_dir or Path("runs") / loaded.spec.recipe.replace("/", "_")
+    target = out_dir or Path("runs") / safe_dir_name(loaded.spec.recipe)
     if nproc is not None:
         from .train.distributed import launch
 
         args = [*(["--debug"] if ctx.obj.get("debug") else []), "run", recipe_file, "--out", str(target),
-                *(f"--set={o}" for o in overrides)]
+                *(f"--set={o}" for o in overrides), *(["--overwrite"] if overwrite else [])]
         if resume is not None:
             args.append("--resume" if resume else "--no-resume")
         sys.exit(launch(nproc, args))
@@ -199,7 +206,7 @@ def run(ctx: click.Context, recipe_file: str, overrides: tuple[str, ...], out_di
     from .pipeline import run_recipe
     from .train.distributed import is_main
 
-    metrics = run_recipe(loaded, target, resume=resume)
+    metrics = run_recipe(loaded, target, resume=resume, overwrite=overwrite)
     if not is_main():
         return
     click.echo(f"run directory: {target}")

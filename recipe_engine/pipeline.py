@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -27,7 +29,8 @@ from .recipe.errors import RecipeError
 from .recipe.loader import LoadedRecipe, load_recipe, load_recipe_data
 from .recipe.lock import lock_text
 from .recipe.schema import Recipe
-from .util.atomic import atomic_save, atomic_write_text
+from .util.atomic import atomic_save, atomic_write_text, confined
+from .util.rundir import RunDirectory, write_failure_report
 
 MODEL_FILE_FORMAT = "recipe-engine/model/1"
 
@@ -223,56 +226,166 @@ def _check_supported(loaded: LoadedRecipe) -> None:
 
 
 def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: bool = True,
-               resume: bool | None = None) -> dict:
+               resume: bool | None = None, overwrite: bool = False) -> dict:
     """The whole ``recipe run``: returns the metrics written to ``metrics.json``.
 
-    Under torchrun every rank runs it (calibrating and training its shard); rank 0 alone writes
-    files. ``resume`` is passed to QAT (None: resume from a checkpoint of the same recipe if any).
+    The run is built in a staging directory next to ``out_dir`` and moved into place when it
+    completes (``util/rundir.py``); a failed run leaves ``<out_dir>.failed`` instead. Under torchrun
+    every rank runs it (calibrating and training its shard); rank 0 alone writes files. ``resume`` is
+    passed to QAT (None: resume from a checkpoint of the same recipe if any). ``overwrite`` allows
+    replacing a QAT checkpoint of another recipe.
     """
     from .train import distributed
 
     created = distributed.init_from_env()
     try:
-        return _run_recipe(loaded, out_dir, show_progress, resume)
+        run_dir = RunDirectory(out_dir)
+        problem = None
+        if distributed.is_main():
+            try:
+                _open_run_directory(run_dir, loaded, resume, overwrite)
+            except RecipeError as exc:
+                problem = exc
+        problem = distributed.broadcast_object(problem)
+        if problem is not None:
+            raise problem
+        record = _RunRecord()
+        try:
+            with confined(run_dir.staging):
+                metrics = _run_recipe(loaded, run_dir.staging, show_progress, resume, record)
+        except BaseException as exc:
+            if distributed.is_main():
+                _record_failure(run_dir, loaded, record, exc)
+            raise
+        finally:
+            if distributed.is_main():
+                run_dir.close()
+        if distributed.is_main():
+            run_dir.commit()
+        return metrics
     finally:
         distributed.shutdown(created)
 
 
-def _run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: bool,
-                resume: bool | None) -> dict:
-    from .train import distributed
+@dataclass
+class _RunRecord:
+    """What a run has done so far: its metrics, the stage it is in, what the failure report needs."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    stage: str = "start"
+    report: Callable[[], Any] | None = None
+
+
+def _open_run_directory(run_dir: RunDirectory, loaded: LoadedRecipe, resume: bool | None, overwrite: bool) -> None:
+    """Lock and prepare ``run_dir``; keep a QAT checkpoint of another recipe unless ``overwrite``."""
+    from .train import checkpoint as ckpt
 
     _check_supported(loaded)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    run_dir.open(loaded.spec.recipe)
+    try:
+        sources = run_dir.checkpoint_sources()
+        for source in sources:
+            found = ckpt.load(source / ckpt.CHECKPOINT_FILE)
+            if found.get("sha256") != loaded.sha256 and not overwrite and resume is not True:
+                raise RecipeError(
+                    f"{source} holds a QAT checkpoint of another recipe ({found.get('recipe')} "
+                    f"{found.get('version')}, sha256 {str(found.get('sha256'))[:12]}); this run would replace it",
+                    hint="choose another --out directory, or pass --overwrite to replace it")
+        if loaded.spec.qat is not None and resume is not False and sources:
+            run_dir.seed_checkpoint(sources[0])
+        elif resume is True and loaded.spec.qat is not None:
+            raise RecipeError(f"--resume: {run_dir.target / ckpt.CHECKPOINT_FILE} does not exist",
+                              hint="run once without --resume first")
+    except BaseException:
+        shutil.rmtree(run_dir.staging, ignore_errors=True)
+        run_dir.close()
+        raise
+
+
+def _record_failure(run_dir: RunDirectory, loaded: LoadedRecipe, record: _RunRecord, exc: BaseException) -> None:
+    """Write metrics.json and report.md (with the failure) into the staging directory, keep it as ``.failed``."""
+    import sys
+    import traceback
+
+    if isinstance(exc, RecipeError):
+        text = exc.format()
+    elif isinstance(exc, KeyboardInterrupt):
+        text = "interrupted"
+    else:
+        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    metrics = {**record.metrics, "status": "failed", "failure": {"stage": record.stage, "error": text}}
+    try:
+        with confined(run_dir.staging):
+            atomic_write_text(run_dir.staging / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+            report = None
+            if record.report is not None:
+                with contextlib.suppress(Exception):
+                    report = record.report()
+            write_failure_report(run_dir.staging, loaded, metrics, report)
+    except RecipeError:  # e.g. the disk is full: keep what is there
+        pass
+    try:
+        where = run_dir.fail()
+        print(f"the failed run's record (metrics.json, report.md, files so far): {where}", file=sys.stderr)
+    except OSError as problem:
+        print(f"could not keep the failed run's record: {problem}", file=sys.stderr)
+
+
+def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bool | None,
+                record: _RunRecord) -> dict:
+    from .train import distributed
+
     spec = loaded.spec
     timings: dict[str, float] = {}
     started = time.perf_counter()
     if distributed.is_main():
         atomic_write_text(out / "recipe.lock.yaml", lock_text(spec, [str(f) for f in loaded.files]))
 
+    record.stage = "model"
     model = data_mod.build_model(loaded)
+    record.stage = "data"
     calib_batches = data_mod.make_data(loaded, "calibration")
     forward = data_mod.forward_fn(loaded)
     evaluate = data_mod.evaluate_fn(loaded)
-    metrics: dict[str, Any] = {"recipe": spec.recipe, "version": spec.version, "sha256": loaded.sha256}
+    metrics: dict[str, Any] = record.metrics
+    metrics.update({"recipe": spec.recipe, "version": spec.version, "sha256": loaded.sha256})
+    metrics["timings"] = timings
 
     val_batches = None
     if evaluate is not None:
+        record.stage = "evaluate_fp32"
         val_batches = data_mod.make_data(loaded, "validation")
         tick = time.perf_counter()
         metrics["fp32"] = data_mod.run_evaluate(evaluate, model, val_batches)
         timings["evaluate_fp32_seconds"] = time.perf_counter() - tick
 
+    record.stage = "apply"
     tick = time.perf_counter()
     state = apply(model, loaded, calib_batches, forward)
     timings["apply_seconds"] = time.perf_counter() - tick
+    record.stage = "calibration"
     shard = distributed.calibration_shard(model, calib_batches, spec.calibration.batches, forward)
     result = calibrate(model, loaded, shard, forward, show_progress)
     metrics["calibration_seconds"] = result.seconds
     metrics["calibration_batches"] = result.batches
 
+    def summarize() -> None:
+        metrics["quantizers"] = state.enabled_count()
+        metrics["disabled"] = len({id(state.quantizers[n]) for n in state.disabled})
+        metrics["shared_groups"] = len(state.groups)
+        metrics["fused"] = len(state.fused)
+        metrics["amax"] = result.amax
+
+    def report() -> Any:
+        from .analyze.report import write_report
+
+        summarize()
+        return write_report(model, loaded, out, metrics, next(iter(calib_batches)), forward)
+
+    summarize()
+    record.report = report
     if evaluate is not None:
+        record.stage = "evaluate_int8"
         tick = time.perf_counter()
         metrics["int8"] = data_mod.run_evaluate(evaluate, model, val_batches)
         timings["evaluate_int8_seconds"] = time.perf_counter() - tick
@@ -280,6 +393,7 @@ def _run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress:
     if spec.tune is not None:
         from .analyze.runner import run_tune
 
+        record.stage = "tune"
         tick = time.perf_counter()
         metrics["tune"] = run_tune(model, loaded, out, calib_batches, val_batches, forward, evaluate,
                                    metrics.get("fp32"))
@@ -290,31 +404,29 @@ def _run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress:
     if spec.qat is not None:
         from .train.qat import run_qat
 
+        record.stage = "qat"
         qat_metrics = run_qat(model, loaded, out, forward=forward, evaluate=evaluate, val_batches=val_batches,
                               resume=resume, show_progress=show_progress)
         metrics.update(qat_metrics)
     if not distributed.is_main():
         return metrics  # rank 0 alone writes the model, exports, metrics and report
 
+    record.stage = "save"
     save_quantized(model, out / "model.pt", loaded)
-    metrics["quantizers"] = state.enabled_count()
-    metrics["disabled"] = len({id(state.quantizers[n]) for n in state.disabled})
-    metrics["shared_groups"] = len(state.groups)
-    metrics["fused"] = len(state.fused)
-    metrics["amax"] = result.amax
+    summarize()
 
     exports: list[dict] = []
     if spec.export:
         from .export.runner import run_exports
 
+        record.stage = "export"
         tick = time.perf_counter()
         exports = run_exports(model, loaded, out, calib_batches, forward)
         timings["export_seconds"] = time.perf_counter() - tick
     metrics["exports"] = exports
     timings["total_seconds"] = time.perf_counter() - started
-    metrics["timings"] = timings
+    metrics["status"] = "ok"
+    record.stage = "report"
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=False) + "\n")
-    from .analyze.report import write_report
-
-    write_report(model, loaded, out, metrics, next(iter(calib_batches)), forward)
+    report()
     return metrics

@@ -1,0 +1,251 @@
+"""The run directory of ``recipe run``: one coherent run, built aside and moved into place.
+
+For a run directory ``runs/x`` every name lives in ``runs/`` (one file system, so renames are atomic):
+
+- ``.x.lock``     held (``flock``) by the active run; holds its pid, host, start time and recipe.
+                  A second run is refused while the lock is held; a lock file left by a dead run
+                  is taken over with a message (the kernel drops a dead process's ``flock``).
+- ``.x.staging``  the run being built; every file of the run is written here.
+- ``.x.ready``    the finished run, renamed from ``.x.staging`` (the commit point).
+- ``.x.old``      the previous complete run, while the new one is moved into place.
+- ``x``           the last complete run.
+- ``x.failed``    the record of the last failed (or killed) run newer than ``x``: its files so far,
+                  ``metrics.json`` with ``status`` and ``failure``, ``report.md``. Removed when a later
+                  run completes.
+
+Crash points (``kill -9`` anywhere), repaired by the next run while it holds the lock:
+before the commit rename, ``x`` is untouched and ``.x.staging`` is stale: it becomes ``x.failed``
+(status ``killed``, temp files removed). After it, ``.x.ready`` is a complete run: the next run
+finishes the move (``x`` -> ``.x.old``, ``.x.ready`` -> ``x``, delete ``.x.old``). Between those two
+renames ``x`` is briefly absent (readers see either the old or the new run, never a mix).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..recipe.errors import RecipeError
+from .atomic import TEMP_SUFFIX, atomic_write_text, disk_error
+
+QAT_FILES = ("qat_checkpoint.pt", "qat_best.pt")
+
+
+def safe_dir_name(name: str) -> str:
+    """A recipe name usable as one directory name (no separators, never ``.``/``..``/hidden).
+
+    A private stand-in for ``recipe_engine.recipe.paths.safe_dir_name`` until that module exists.
+    """
+    text = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "run"
+    return text
+
+
+def _notice(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
+def _wrap_os(exc: OSError, what: str) -> RecipeError:
+    problem = disk_error(exc, what)
+    if problem is not None:
+        return problem
+    return RecipeError(f"cannot prepare the run directory {what}: {exc.strerror or exc}")
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``path`` that records its owner in the file."""
+
+    def __init__(self, path: Path, target: Path):
+        self.path = path
+        self.target = target
+        self.fd: int | None = None
+
+    def acquire(self, recipe: str) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise RecipeError(
+                    f"{self.target} is in use by another run ({_describe(owner)})",
+                    hint="wait until it finishes, or choose another --out directory") from None
+            try:  # the lock file may have been unlinked and re-created by its previous owner meanwhile
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = _read_owner(fd)
+        if previous:
+            _notice(f"took over the stale lock {self.path} of a run that did not finish ({_describe(previous)})")
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "recipe": recipe,
+                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # still holding the lock: a waiter re-checks the inode
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (ValueError, UnicodeDecodeError):
+        return {}
+
+
+def _describe(owner: dict[str, Any]) -> str:
+    if not owner:
+        return "owner unknown"
+    return (f"pid {owner.get('pid')} on {owner.get('host')}, recipe {owner.get('recipe')}, "
+            f"started {owner.get('started')}")
+
+
+class RunDirectory:
+    """The files around one run directory ``target`` (see the module docstring)."""
+
+    def __init__(self, target: str | os.PathLike):
+        self.target = Path(target)
+        name = self.target.name
+        if name in ("", ".", ".."):
+            raise RecipeError(f"--out {target}: name a directory, e.g. runs/my-run")
+        parent = self.target.parent
+        self.staging = parent / f".{name}.staging"
+        self.ready = parent / f".{name}.ready"
+        self.trash = parent / f".{name}.old"
+        self.failed = parent / f"{name}.failed"
+        self.lock = RunLock(parent / f".{name}.lock", self.target)
+
+    # ------------------------------------------------------------------ start
+    def open(self, recipe: str) -> Path:
+        """Lock, repair what a killed run left, and create an empty staging directory."""
+        parent = self.target.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _wrap_os(exc, str(parent)) from None
+        if self.target.exists() and not self.target.is_dir():
+            raise RecipeError(f"--out {self.target} is a file, not a directory")
+        for path in (parent, self.target):
+            if path.exists() and not os.access(path, os.W_OK | os.X_OK):
+                raise RecipeError(f"cannot write the run directory {self.target}: {path} is not writable",
+                                  hint="choose another --out directory or fix its permissions")
+        try:
+            self.lock.acquire(recipe)
+        except OSError as exc:
+            raise _wrap_os(exc, str(self.lock.path)) from None
+        try:
+            self._repair()
+            self.staging.mkdir()
+        except OSError as exc:
+            self.lock.release()
+            raise _wrap_os(exc, str(self.staging)) from None
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.staging
+
+    def _repair(self) -> None:
+        if self.ready.exists():  # killed between the commit rename and the move into place
+            self._move_into_place()
+            _notice(f"finished moving the last complete run into {self.target}")
+        if self.trash.exists():
+            shutil.rmtree(self.trash, ignore_errors=True)
+        if self.staging.exists():
+            self._record_killed()
+
+    def _record_killed(self) -> None:
+        for tmp in self.staging.rglob(f".*{TEMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+        metrics_file = self.staging / "metrics.json"
+        metrics: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        if metrics.get("status") != "failed":
+            metrics["status"] = "killed"
+            metrics["failure"] = {"stage": metrics.get("failure", {}).get("stage", "unknown"),
+                                  "error": "the run was killed before it finished (no error was recorded)"}
+            atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
+        self._replace_failed()
+        _notice(f"an earlier run into {self.target} was killed before it finished; its files are in {self.failed}")
+
+    def _replace_failed(self) -> None:
+        if self.failed.exists():
+            shutil.rmtree(self.failed)
+        os.rename(self.staging, self.failed)
+
+    # ------------------------------------------------------------------ QAT checkpoints
+    def checkpoint_sources(self) -> list[Path]:
+        """Run directories that may hold a QAT checkpoint to resume from, newest first."""
+        return [d for d in (self.failed, self.target) if (d / QAT_FILES[0]).is_file()]
+
+    def seed_checkpoint(self, source: Path) -> None:
+        """Start the staging directory with ``source``'s QAT checkpoint files (hard links when possible)."""
+        for name in QAT_FILES:
+            if (source / name).is_file():
+                try:
+                    os.link(source / name, self.staging / name)
+                except OSError:
+                    shutil.copy2(source / name, self.staging / name)
+
+    # ------------------------------------------------------------------ end
+    def commit(self) -> None:
+        """Move the finished staging directory into place, replacing the previous complete run."""
+        os.rename(self.staging, self.ready)  # the commit point
+        self._move_into_place()
+        if self.failed.exists():
+            shutil.rmtree(self.failed, ignore_errors=True)
+
+    def _move_into_place(self) -> None:
+        if self.target.exists():
+            if self.trash.exists():
+                shutil.rmtree(self.trash)
+            os.rename(self.target, self.trash)
+        os.rename(self.ready, self.target)
+        shutil.rmtree(self.trash, ignore_errors=True)
+
+    def fail(self) -> Path:
+        """Keep the staging directory as the failed-run record (the previous complete run is untouched)."""
+        for tmp in self.staging.rglob(f".*{TEMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+        self._replace_failed()
+        return self.failed
+
+    def close(self) -> None:
+        self.lock.release()
+
+
+def write_failure_report(out: Path, loaded: Any, metrics: dict[str, Any], report: Path | None) -> Path:
+    """``report.md`` of a failed run: the failure first, then the full report when one could be written."""
+    failure = metrics["failure"]
+    head = [f"# FAILED: {loaded.spec.recipe} {loaded.spec.version}", "",
+            f"The run failed during **{failure['stage']}**:", "", "```", failure["error"], "```", ""]
+    figures = [(phase, key, value) for phase in ("fp32", "int8", "qat")
+               for key, value in (metrics.get(phase) or {}).items()]
+    if figures and report is None:
+        head += ["| metric | value |", "|---|---|", *[f"| {p} {k} | {v:.4g} |" for p, k, v in figures], ""]
+    body = ""
+    target = out / "report.md"
+    if report is not None and target.is_file():
+        body = target.read_text(encoding="utf-8")
+    else:
+        head.append("(the full report needs a calibrated model; all figures so far are in metrics.json)")
+    atomic_write_text(target, "\n".join(head) + "\n" + body)
+    return target
