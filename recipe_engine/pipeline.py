@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -30,7 +29,8 @@ from .recipe.loader import LoadedRecipe, load_recipe, load_recipe_data
 from .recipe.lock import lock_text
 from .recipe.schema import Recipe
 from .util.atomic import atomic_save, atomic_write_text, confined
-from .util.rundir import RunDirectory, write_failure_report
+from .util.imports import imports_refused
+from .util.rundir import RunDirectory, RunRecord, open_for_recipe, record_failure
 
 MODEL_FILE_FORMAT = "recipe-engine/model/1"
 
@@ -69,12 +69,19 @@ def apply(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches:
     """Fuse (phase before_calibration) and insert quantizers into ``model`` in place.
 
     ``batches`` (calibration data) is needed once to discover op sites when the recipe has
-    ``ops:`` rules; ``op_sites`` from a saved model replaces that discovery.
+    ``ops:`` rules; ``op_sites`` from a saved model replaces that discovery. Without ``batches``
+    the recipe's ``data.calibration`` is used, without ``forward`` its ``data.forward``.
     """
+    loaded = as_loaded(recipe)
+    if op_sites is None:
+        batches = data_mod.recipe_batches(loaded, batches)
+    return _apply(model, loaded, batches, data_mod.recipe_forward(loaded, forward), op_sites)
+
+
+def _apply(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | None, forward: Callable,
+           op_sites: dict[str, list[str]] | None) -> QuantState:
     from .fuse import apply_fusions
 
-    loaded = as_loaded(recipe)
-    forward = forward or data_mod.default_forward
     fused = apply_fusions(model, loaded.spec, phase="before_calibration")
     state = apply_quantization(model, loaded.spec, op_sites=op_sites,
                                run_forward=_first_batch_runner(model, batches, forward))
@@ -82,19 +89,31 @@ def apply(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches:
     return state
 
 
-def calibrate(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches: Iterable,
+def calibrate(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches: Iterable | None = None,
               forward: Callable | None = None, show_progress: bool = True) -> CalibrationResult:
-    """Collect statistics on ``batches``, set every amax, then switch off the recipe's ``disable`` list."""
+    """Collect statistics on ``batches``, set every amax, then switch off the recipe's ``disable`` list.
+
+    Without ``batches`` the recipe's ``data.calibration`` is used, without ``forward`` its ``data.forward``.
+    """
     loaded = as_loaded(recipe)
-    result = _calibrate_state(model, batches, loaded.spec.calibration, forward, show_progress)
+    batches = data_mod.recipe_batches(loaded, batches)
+    if batches is None:
+        raise RecipeError("calibrate: pass batches= (the recipe has no data.calibration)")
+    result = _calibrate_state(model, batches, loaded.spec.calibration, data_mod.recipe_forward(loaded, forward),
+                              show_progress)
     disable_matching(get_state(model), loaded.spec.disable)
     return result
 
 
-def prepare(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches: Iterable,
+def prepare(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches: Iterable | None = None,
             forward: Callable | None = None) -> nn.Module:
-    """Fused, quantized and calibrated ``model`` (in place), ready for a user's own training loop."""
+    """Fused, quantized and calibrated ``model`` (in place), ready for a user's own training loop.
+
+    Without ``batches``/``forward`` the recipe's ``data.calibration``/``data.forward`` are used.
+    """
     loaded = as_loaded(recipe)
+    batches = data_mod.recipe_batches(loaded, batches)
+    forward = data_mod.recipe_forward(loaded, forward)
     apply(model, loaded, batches, forward)
     calibrate(model, loaded, batches, forward)
     return model
@@ -125,27 +144,51 @@ def _recipe_from_lock(text: str) -> LoadedRecipe:
         os.unlink(handle.name)
 
 
-def load_quantized(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, *,
+                   factory: Callable[[], nn.Module] | None = None, trust_recipe: bool = False) -> nn.Module:
     """Rebuild a quantized model from ``model.pt`` without calibrating and without a GPU.
 
-    The recipe lock inside the file is re-applied to ``model`` (or to a fresh model from the
-    recipe's factory), then the saved weights and amax values are loaded.
+    Loading a file never imports or calls anything the file names: pass the FP32 model (``model=``)
+    or a callable that builds it (``factory=``). The recipe lock inside the file is re-applied to it
+    (fusions, quantizers, share groups), then the saved weights and amax values are loaded. The
+    lock's selector and fusion types may only name modules that are already imported (your model's
+    own classes are) or the engine's own packages; any other module is refused, not imported.
+    ``trust_recipe=True`` lifts both rules for a file you trust: the model is built by calling the
+    lock's ``model.factory`` and the lock may import what it names; what it will import is logged first.
     """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is the file's fault
+        raise RecipeError(f"{path}: cannot read it with weights_only=True: {exc}") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
         raise RecipeError(f"{path}: not a recipe-engine model file (format {MODEL_FILE_FORMAT})")
     loaded = _recipe_from_lock(payload["lock"])
+    spec = loaded.spec
+    if trust_recipe:
+        import logging
+
+        logging.getLogger("recipe_engine").warning(
+            "load_quantized(%s, trust_recipe=True) may import and run: %s", path, ", ".join(spec.factories()) or "-")
+    if model is None and factory is not None:
+        model = factory()
     if model is None:
-        spec = loaded.spec
+        if not trust_recipe:
+            named = f" (its recipe names model.factory {spec.model.factory})" if spec.model else ""
+            raise RecipeError(f"{path}: pass the model to rebuild{named}",
+                              hint="load_quantized(path, model=build_my_model()) or factory=build_my_model; "
+                                   "trust_recipe=True calls the file's own factory (only for files you trust)")
         if spec.model is None:
             raise RecipeError(f"{path}: the recipe has no model factory; pass model=")
         from .util.imports import import_callable
 
         model = import_callable(spec.model.factory, what="model.factory")(**spec.model.kwargs)
-    apply(model, loaded, op_sites=payload["op_sites"])
+    if not isinstance(model, nn.Module):
+        raise RecipeError(f"{path}: model= must be an nn.Module, got {type(model).__name__}")
+    guard = contextlib.nullcontext() if trust_recipe else imports_refused(f"{path}'s recipe")
+    with guard:
+        _apply(model, loaded, None, data_mod.default_forward, payload["op_sites"])
     cpu_compat.load_state_dict(model, payload["state_dict"], strict=True)  # amax restored on CPU
     state = get_state(model)
     for name in payload["disabled"]:
@@ -243,19 +286,20 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: 
         problem = None
         if distributed.is_main():
             try:
-                _open_run_directory(run_dir, loaded, resume, overwrite)
+                _check_supported(loaded)
+                open_for_recipe(run_dir, loaded, resume, overwrite)
             except RecipeError as exc:
                 problem = exc
         problem = distributed.broadcast_object(problem)
         if problem is not None:
             raise problem
-        record = _RunRecord()
+        record = RunRecord()
         try:
             with confined(run_dir.staging):
                 metrics = _run_recipe(loaded, run_dir.staging, show_progress, resume, record)
         except BaseException as exc:
             if distributed.is_main():
-                _record_failure(run_dir, loaded, record, exc)
+                record_failure(run_dir, loaded, record, exc)
             raise
         finally:
             if distributed.is_main():
@@ -267,72 +311,8 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: 
         distributed.shutdown(created)
 
 
-@dataclass
-class _RunRecord:
-    """What a run has done so far: its metrics, the stage it is in, what the failure report needs."""
-
-    metrics: dict[str, Any] = field(default_factory=dict)
-    stage: str = "start"
-    report: Callable[[], Any] | None = None
-
-
-def _open_run_directory(run_dir: RunDirectory, loaded: LoadedRecipe, resume: bool | None, overwrite: bool) -> None:
-    """Lock and prepare ``run_dir``; keep a QAT checkpoint of another recipe unless ``overwrite``."""
-    from .train import checkpoint as ckpt
-
-    _check_supported(loaded)
-    run_dir.open(loaded.spec.recipe)
-    try:
-        sources = run_dir.checkpoint_sources()
-        for source in sources:
-            found = ckpt.load(source / ckpt.CHECKPOINT_FILE)
-            if found.get("sha256") != loaded.sha256 and not overwrite and resume is not True:
-                raise RecipeError(
-                    f"{source} holds a QAT checkpoint of another recipe ({found.get('recipe')} "
-                    f"{found.get('version')}, sha256 {str(found.get('sha256'))[:12]}); this run would replace it",
-                    hint="choose another --out directory, or pass --overwrite to replace it")
-        if loaded.spec.qat is not None and resume is not False and sources:
-            run_dir.seed_checkpoint(sources[0])
-        elif resume is True and loaded.spec.qat is not None:
-            raise RecipeError(f"--resume: {run_dir.target / ckpt.CHECKPOINT_FILE} does not exist",
-                              hint="run once without --resume first")
-    except BaseException:
-        shutil.rmtree(run_dir.staging, ignore_errors=True)
-        run_dir.close()
-        raise
-
-
-def _record_failure(run_dir: RunDirectory, loaded: LoadedRecipe, record: _RunRecord, exc: BaseException) -> None:
-    """Write metrics.json and report.md (with the failure) into the staging directory, keep it as ``.failed``."""
-    import sys
-    import traceback
-
-    if isinstance(exc, RecipeError):
-        text = exc.format()
-    elif isinstance(exc, KeyboardInterrupt):
-        text = "interrupted"
-    else:
-        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    metrics = {**record.metrics, "status": "failed", "failure": {"stage": record.stage, "error": text}}
-    try:
-        with confined(run_dir.staging):
-            atomic_write_text(run_dir.staging / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
-            report = None
-            if record.report is not None:
-                with contextlib.suppress(Exception):
-                    report = record.report()
-            write_failure_report(run_dir.staging, loaded, metrics, report)
-    except RecipeError:  # e.g. the disk is full: keep what is there
-        pass
-    try:
-        where = run_dir.fail()
-        print(f"the failed run's record (metrics.json, report.md, files so far): {where}", file=sys.stderr)
-    except OSError as problem:
-        print(f"could not keep the failed run's record: {problem}", file=sys.stderr)
-
-
 def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bool | None,
-                record: _RunRecord) -> dict:
+                record: RunRecord) -> dict:
     from .train import distributed
 
     spec = loaded.spec

@@ -31,11 +31,17 @@ import re
 import shutil
 import socket
 import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..recipe.errors import RecipeError
-from .atomic import TEMP_SUFFIX, atomic_write_text, disk_error
+from .atomic import TEMP_SUFFIX, atomic_write_text, confined, disk_error
+
+if TYPE_CHECKING:
+    from ..recipe.loader import LoadedRecipe
 
 QAT_FILES = ("qat_checkpoint.pt", "qat_best.pt")
 
@@ -249,3 +255,64 @@ def write_failure_report(out: Path, loaded: Any, metrics: dict[str, Any], report
         head.append("(the full report needs a calibrated model; all figures so far are in metrics.json)")
     atomic_write_text(target, "\n".join(head) + "\n" + body)
     return target
+
+
+# ----------------------------------------------------------------------------- one recipe run
+@dataclass
+class RunRecord:
+    """What a run has done so far: its metrics, the stage it is in, what the failure report needs."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    stage: str = "start"
+    report: Callable[[], Any] | None = None
+
+
+def open_for_recipe(run_dir: RunDirectory, loaded: LoadedRecipe, resume: bool | None, overwrite: bool) -> None:
+    """Lock and prepare ``run_dir``; keep a QAT checkpoint of another recipe unless ``overwrite``."""
+    from ..train import checkpoint as ckpt
+
+    run_dir.open(loaded.spec.recipe)
+    try:
+        sources = run_dir.checkpoint_sources()
+        for source in sources:
+            found = ckpt.load(source / ckpt.CHECKPOINT_FILE)
+            if found.get("sha256") != loaded.sha256 and not overwrite and resume is not True:
+                raise RecipeError(
+                    f"{source} holds a QAT checkpoint of another recipe ({found.get('recipe')} "
+                    f"{found.get('version')}, sha256 {str(found.get('sha256'))[:12]}); this run would replace it",
+                    hint="choose another --out directory, or pass --overwrite to replace it")
+        if loaded.spec.qat is not None and resume is not False and sources:
+            run_dir.seed_checkpoint(sources[0])
+        elif resume is True and loaded.spec.qat is not None:
+            raise RecipeError(f"--resume: {run_dir.target / ckpt.CHECKPOINT_FILE} does not exist",
+                              hint="run once without --resume first")
+    except BaseException:
+        shutil.rmtree(run_dir.staging, ignore_errors=True)
+        run_dir.close()
+        raise
+
+
+def record_failure(run_dir: RunDirectory, loaded: LoadedRecipe, record: RunRecord, exc: BaseException) -> None:
+    """Write metrics.json and report.md (with the failure) into the staging directory, keep it as ``.failed``."""
+    if isinstance(exc, RecipeError):
+        text = exc.format()
+    elif isinstance(exc, KeyboardInterrupt):
+        text = "interrupted"
+    else:
+        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    metrics = {**record.metrics, "status": "failed", "failure": {"stage": record.stage, "error": text}}
+    try:
+        with confined(run_dir.staging):
+            atomic_write_text(run_dir.staging / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+            report = None
+            if record.report is not None:
+                with contextlib.suppress(Exception):
+                    report = record.report()
+            write_failure_report(run_dir.staging, loaded, metrics, report)
+    except RecipeError:  # e.g. the disk is full: keep what is there
+        pass
+    try:
+        where = run_dir.fail()
+        print(f"the failed run's record (metrics.json, report.md, files so far): {where}", file=sys.stderr)
+    except OSError as problem:
+        print(f"could not keep the failed run's record: {problem}", file=sys.stderr)
