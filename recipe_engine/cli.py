@@ -23,16 +23,32 @@ class RecipeGroup(click.Group):
     """A click group that turns user errors into a message and exit code 1 (traceback with --debug)."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
+        from .train import launch
+
+        rank_child = launch.under_launch()  # a rank of `recipe run --nproc`: the parent prints the errors
+        if rank_child:
+            launch.install_sigterm_handler()
         try:
             return super().invoke(ctx)
         except RecipeError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc.format()}" if not exc.diagnostics else exc.format(), err=True)
+            text = f"error: {exc.format()}" if not exc.diagnostics else exc.format()
+            if rank_child:
+                launch.report_rank_error(text)
+            else:
+                click.echo(text, err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - under --nproc every rank's failure is one line
+            if not rank_child or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            import traceback
+
+            launch.report_rank_error("".join(traceback.format_exception_only(type(exc), exc)).strip())
+            sys.exit(1)
 
 
 @click.group(cls=RecipeGroup, context_settings={"help_option_names": ["-h", "--help"]})

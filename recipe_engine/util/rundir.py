@@ -73,6 +73,7 @@ class RunLock:
         self.path = path
         self.target = target
         self.fd: int | None = None
+        self.previous: dict[str, Any] = {}
 
     def acquire(self, recipe: str) -> None:
         while True:
@@ -93,6 +94,7 @@ class RunLock:
                 break
             os.close(fd)
         previous = _read_owner(fd)
+        self.previous = previous
         if previous:
             _notice(f"took over the stale lock {self.path} of a run that did not finish ({_describe(previous)})")
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "recipe": recipe,
@@ -185,10 +187,14 @@ class RunDirectory:
         with contextlib.suppress(OSError, ValueError):
             metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
         if metrics.get("status") != "failed":
-            metrics["status"] = "killed"
-            metrics["failure"] = {"stage": metrics.get("failure", {}).get("stage", "unknown"),
-                                  "error": "the run was killed before it finished (no error was recorded)"}
+            owner = self.lock.previous
+            error = f"the run ({_describe(owner)}) was killed before it finished; no error was recorded"
+            metrics.setdefault("recipe", owner.get("recipe"))
+            metrics.update(status="killed", failure={"stage": "unknown", "error": error})
             atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
+            atomic_write_text(self.staging / "report.md",
+                              f"# FAILED (killed): {metrics.get('recipe')}\n\n{error}.\n\n"
+                              "The files here are what it had written; metrics.json holds its figures so far.\n")
         self._replace_failed()
         _notice(f"an earlier run into {self.target} was killed before it finished; its files are in {self.failed}")
 
