@@ -50,7 +50,7 @@ from recipe_engine.export.verify import compare
 from recipe_engine.zoo import centerpoint
 
 out = os.environ["OUT"] + "/centerpoint"
-model = load_quantized(f"{out}/model.pt").eval()
+model = load_quantized(f"{out}/model.pt", model=centerpoint.build(pretrained=True)).eval()
 batch = next(iter(centerpoint.val_data(count=2, batch_size=2)))
 grid = model.encoder.sparse_shape
 args = (batch["voxel_features"], batch["coors"], grid, int(batch["batch_size"]))

@@ -61,15 +61,20 @@ class _QdqDone:
 
 
 def export(model: nn.Module, recipe: LoadedRecipe | Recipe | str | os.PathLike | dict, out_dir: str | os.PathLike,
-           batches: Iterable, forward: Callable[[nn.Module, Any], Any] | None = None) -> list[dict]:
+           batches: Iterable | None = None, forward: Callable[[nn.Module, Any], Any] | None = None) -> list[dict]:
     """Write and verify every ``export:`` entry of ``recipe`` for a quantized, calibrated ``model``.
 
-    ``batches`` are calibration batches (the first one supplies the exported modules' inputs);
-    ``forward(model, batch)`` runs one (default: ``model(**batch)`` / ``model(*batch)`` / ``model(batch)``).
+    ``batches`` are calibration batches (the first one supplies the exported modules' inputs; default:
+    the recipe's ``data.calibration``); ``forward(model, batch)`` runs one (default: the recipe's
+    ``data.forward``, else ``model(**batch)`` / ``model(*batch)`` / ``model(batch)``).
     """
     from ..pipeline import as_loaded
+    from ..util.atomic import confined
 
-    return run_exports(model, as_loaded(recipe), out_dir, batches, forward)
+    loaded = as_loaded(recipe)
+    with confined(out_dir):  # no artifact outside out_dir, whatever the recipe says
+        return run_exports(model, loaded, out_dir, data_mod.recipe_batches(loaded, batches),
+                           data_mod.recipe_forward(loaded, forward))
 
 
 def run_exports(model: nn.Module, loaded: LoadedRecipe, out_dir: str | os.PathLike, calib_batches: Iterable,
