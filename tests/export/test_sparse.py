@@ -13,7 +13,7 @@ from onnx import AttributeProto as A
 from onnx import numpy_helper
 
 from recipe_engine.export.runner import export
-from recipe_engine.export.scn_reference import fake_quant, run_scn
+from recipe_engine.export.scn_runtime import fake_quant, run_scn
 from recipe_engine.pipeline import as_loaded, prepare
 from recipe_engine.quant import backend, sparse
 from recipe_engine.quant.apply import get_state
