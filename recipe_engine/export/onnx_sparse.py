@@ -82,7 +82,7 @@ def _quantizer_names(names_of: dict[int, list[str]], quantizer: Any) -> str:
     return " = ".join(names_of.get(id(quantizer), [])) or "<unnamed quantizer>"
 
 
-def _check_int8_quantizer(quantizer: Any, label: str, per_channel: int | None = None) -> None:
+def _check_int8_quantizer(quantizer: Any, label: str, per_channel: int | None = None, axis: int = 0) -> None:
     problem = amax_problem(quantizer)
     if problem:
         raise RecipeError(f"onnx-sparse: quantizer {label} {problem}",
@@ -97,9 +97,10 @@ def _check_int8_quantizer(quantizer: Any, label: str, per_channel: int | None = 
         if amax.numel() not in (1, per_channel):
             raise RecipeError(f"onnx-sparse: weight quantizer {label} has {amax.numel()} amax values for "
                               f"{per_channel} output channels")
-        if amax.numel() > 1 and quantizer.axis not in (0, (0,)):
-            raise RecipeError(f"onnx-sparse: weight quantizer {label} quantizes axis {quantizer.axis}; spconv "
-                              "weights [O, k.., I] need per-output-channel axis 0", hint="use per_channel: true")
+        if amax.numel() > 1 and quantizer.axis not in (axis, (axis,)):
+            layout = "[I, O] matrix of a 1x1 spconv layer" if axis == 1 else "[O, k.., I] weight"
+            raise RecipeError(f"onnx-sparse: weight quantizer {label} quantizes axis {quantizer.axis}; the "
+                              f"{layout} needs per-output-channel axis {axis}", hint="use per_channel: true")
 
 
 def plan_conv(op: Op, convert: bool, names_of: dict[int, list[str]]) -> ConvPlan:
@@ -114,10 +115,11 @@ def plan_conv(op: Op, convert: bool, names_of: dict[int, list[str]]) -> ConvPlan
     if getattr(module, "groups", 1) != 1:
         raise RecipeError(f"onnx-sparse: {op.path} uses groups={module.groups}; libspconv needs groups=1")
     out_c, in_c = int(module.out_channels), int(module.in_channels)
-    weight = module.weight.detach().float().cpu()
-    if tuple(weight.shape) != (out_c, *module.kernel_size, in_c):
-        raise RecipeError(f"onnx-sparse: {op.path} weight has shape {tuple(weight.shape)}, expected spconv 2.x "
-                          f"[O, k0, k1, k2, I] = {(out_c, *module.kernel_size, in_c)}")
+    if tuple(module.weight.shape) != (out_c, *module.kernel_size, in_c):
+        raise RecipeError(f"onnx-sparse: {op.path} weight has shape {tuple(module.weight.shape)}, expected spconv "
+                          f"2.x [O, k0, k1, k2, I] = {(out_c, *module.kernel_size, in_c)}")
+    # the file's [O, k.., I] computes what PyTorch computed (spconv's 1x1 layers read weight.view(I, O))
+    weight = sparse.kernel_weight(module, module.weight.detach()).float().cpu()
     bias = module.bias.detach().float().cpu() if module.bias is not None else torch.zeros(out_c)
     if convert:
         weight = weight.permute(0, 3, 2, 1, 4).contiguous()
@@ -148,10 +150,11 @@ def plan_conv(op: Op, convert: bool, names_of: dict[int, list[str]]) -> ConvPlan
     enabled = [q is not None and backend.is_enabled(q) for q in (input_q, weight_q)]
     if all(enabled):
         _check_int8_quantizer(input_q, _quantizer_names(names_of, input_q))
-        _check_int8_quantizer(weight_q, _quantizer_names(names_of, weight_q), per_channel=out_c)
+        _check_int8_quantizer(weight_q, _quantizer_names(names_of, weight_q), per_channel=out_c,
+                              axis=sparse.weight_channel_axis(module))
         plan.precision = "int8"
         with torch.no_grad():  # store the weight PyTorch computes with: FP16 rounding cannot move its int8 grid
-            quantized = weight_q(module.weight).detach().float().cpu()
+            quantized = sparse.kernel_weight(module, sparse.quantize_weight(module, weight_q)).detach().float().cpu()
         plan.weight = quantized.permute(0, 3, 2, 1, 4).contiguous() if convert else quantized
         plan.input_range = float(backend.get_amax(input_q).reshape(-1)[0])
         ranges = backend.get_amax(weight_q).float().reshape(-1)
