@@ -12,6 +12,9 @@ From a :class:`~.sparse_trace.SparseTrace` this module
   every reader is an int8 layer reading it with one and the same dynamic range (so one scale
   serves all of them), else ``fp16`` (always fp16 before ScatterDense). When the two producers
   of an Add disagree, both are set to fp16 output (the Add keeps its precision);
+- sets ``output_bound`` (a deployment capacity, 200000 unless the recipe says otherwise): an
+  error when calibration produced more points, a warning and a note when it came within
+  ``output_bound_headroom`` of it;
 - writes tensors named "0", "1", ... in production order, FP16 ``raw_data`` initializers
   ``spconv{k}.weight`` / ``spconv{k}.bias`` (zero bias when the conv has none), and the
   ScatterDense / Transpose / Reshape tail of each output.
@@ -22,6 +25,7 @@ The batch axis is 1 in ``output_shape`` and in Reshape ``dims``: libspconv runs 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +41,7 @@ from .scn_checks import TRANSPOSE_DIMS, check_scn
 from .sparse_trace import Op, SparseTrace
 
 REVERSE = [0, 1, 4, 3, 2]  # N, C, a, b, c -> N, C, c, b, a
+DEFAULT_OUTPUT_BOUND = 200000  # NVIDIA's exporters write 200000; libspconv's parser default is 150000
 
 
 @dataclass
@@ -393,16 +398,22 @@ def build_scn(trace: SparseTrace, *, layout: str, source_layout: str, headroom: 
             adds[id(op)] = info
     _assign_precisions(ops, convs, adds, alias, notes)
 
-    # output_bound: the most points any layer (or the input) produced in calibration, with headroom
+    # output_bound: a deployment capacity (never sized from the calibration set); calibration must fit in it
     counts = {plan.name: max(point_counts.get(plan.op.path, 0), plan.op.info["out_points"]) for plan in convs.values()}
     largest = max([input_points, *counts.values()])
-    bound = fixed_bound if fixed_bound is not None else int(math.ceil(largest * headroom))
-    low = {name: c for name, c in counts.items() if c > bound}
+    bound = fixed_bound if fixed_bound is not None else DEFAULT_OUTPUT_BOUND
+    low = {name: c for name, c in {"the input": input_points, **counts}.items() if c > bound}
     if low:
         name, count = max(low.items(), key=lambda kv: kv[1])
         raise RecipeError(f"onnx-sparse: output_bound {bound} is below the {count} points {name} produced in "
                           f"calibration ({len(low)} layer(s) affected)",
-                          hint=f"raise output_bound to at least {count} (or leave it unset: max points x headroom)")
+                          hint=f"raise output_bound to at least {math.ceil(count * headroom)} (points x "
+                          f"output_bound_headroom {headroom:g}); deployment frames may be larger still")
+    if largest * headroom > bound:
+        message = (f"output_bound {bound}: calibration reached {largest} points ({largest / bound:.0%} of it), "
+                   f"within the headroom of {headroom:g}x; real frames may overflow it (raise output_bound)")
+        notes.append(message)
+        warnings.warn(f"onnx-sparse: {message}", stacklevel=2)
 
     outputs = [plan_output(trace, v, layout, convert) for v in trace.outputs]
     model = _emit(trace, ops, alias, convs, adds, outputs, layout, convert, bound)
@@ -411,7 +422,7 @@ def build_scn(trace: SparseTrace, *, layout: str, source_layout: str, headroom: 
     summary = {"convs": len(convs), "int8_convs": int8_convs, "fp16_convs": len(convs) - int8_convs,
                "adds": len(adds), "int8_adds": sum(1 for a in adds.values() if a["precision"] == "int8"),
                "relus": sum(1 for op in ops if op.kind == "relu"), "output_bound": bound,
-               "max_points": largest, "layout": layout, "source_layout": source_layout}
+               "max_points": largest, "output_bound_used": round(largest / bound, 4), "layout": layout, "source_layout": source_layout}
     return SparseExport(model, outputs, counts, summary, notes)
 
 
