@@ -12,6 +12,9 @@ From a :class:`~.sparse_trace.SparseTrace` this module
   every reader is an int8 layer reading it with one and the same dynamic range (so one scale
   serves all of them), else ``fp16`` (always fp16 before ScatterDense). When the two producers
   of an Add disagree, both are set to fp16 output (the Add keeps its precision);
+- sets ``output_bound`` (a deployment capacity, 200000 unless the recipe says otherwise): an
+  error when calibration produced more points, a warning and a note when it came within
+  ``output_bound_headroom`` of it;
 - writes tensors named "0", "1", ... in production order, FP16 ``raw_data`` initializers
   ``spconv{k}.weight`` / ``spconv{k}.bias`` (zero bias when the conv has none), and the
   ScatterDense / Transpose / Reshape tail of each output.
@@ -22,6 +25,7 @@ The batch axis is 1 in ``output_shape`` and in Reshape ``dims``: libspconv runs 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +41,7 @@ from .scn_checks import TRANSPOSE_DIMS, check_scn
 from .sparse_trace import Op, SparseTrace
 
 REVERSE = [0, 1, 4, 3, 2]  # N, C, a, b, c -> N, C, c, b, a
+DEFAULT_OUTPUT_BOUND = 200000  # NVIDIA's exporters write 200000; libspconv's parser default is 150000
 
 
 @dataclass
@@ -82,7 +87,7 @@ def _quantizer_names(names_of: dict[int, list[str]], quantizer: Any) -> str:
     return " = ".join(names_of.get(id(quantizer), [])) or "<unnamed quantizer>"
 
 
-def _check_int8_quantizer(quantizer: Any, label: str, per_channel: int | None = None) -> None:
+def _check_int8_quantizer(quantizer: Any, label: str, per_channel: int | None = None, axis: int = 0) -> None:
     problem = amax_problem(quantizer)
     if problem:
         raise RecipeError(f"onnx-sparse: quantizer {label} {problem}",
@@ -97,9 +102,10 @@ def _check_int8_quantizer(quantizer: Any, label: str, per_channel: int | None = 
         if amax.numel() not in (1, per_channel):
             raise RecipeError(f"onnx-sparse: weight quantizer {label} has {amax.numel()} amax values for "
                               f"{per_channel} output channels")
-        if amax.numel() > 1 and quantizer.axis not in (0, (0,)):
-            raise RecipeError(f"onnx-sparse: weight quantizer {label} quantizes axis {quantizer.axis}; spconv "
-                              "weights [O, k.., I] need per-output-channel axis 0", hint="use per_channel: true")
+        if amax.numel() > 1 and quantizer.axis not in (axis, (axis,)):
+            layout = "[I, O] matrix of a 1x1 spconv layer" if axis == 1 else "[O, k.., I] weight"
+            raise RecipeError(f"onnx-sparse: weight quantizer {label} quantizes axis {quantizer.axis}; the "
+                              f"{layout} needs per-output-channel axis {axis}", hint="use per_channel: true")
 
 
 def plan_conv(op: Op, convert: bool, names_of: dict[int, list[str]]) -> ConvPlan:
@@ -114,10 +120,11 @@ def plan_conv(op: Op, convert: bool, names_of: dict[int, list[str]]) -> ConvPlan
     if getattr(module, "groups", 1) != 1:
         raise RecipeError(f"onnx-sparse: {op.path} uses groups={module.groups}; libspconv needs groups=1")
     out_c, in_c = int(module.out_channels), int(module.in_channels)
-    weight = module.weight.detach().float().cpu()
-    if tuple(weight.shape) != (out_c, *module.kernel_size, in_c):
-        raise RecipeError(f"onnx-sparse: {op.path} weight has shape {tuple(weight.shape)}, expected spconv 2.x "
-                          f"[O, k0, k1, k2, I] = {(out_c, *module.kernel_size, in_c)}")
+    if tuple(module.weight.shape) != (out_c, *module.kernel_size, in_c):
+        raise RecipeError(f"onnx-sparse: {op.path} weight has shape {tuple(module.weight.shape)}, expected spconv "
+                          f"2.x [O, k0, k1, k2, I] = {(out_c, *module.kernel_size, in_c)}")
+    # the file's [O, k.., I] computes what PyTorch computed (spconv's 1x1 layers read weight.view(I, O))
+    weight = sparse.kernel_weight(module, module.weight.detach()).float().cpu()
     bias = module.bias.detach().float().cpu() if module.bias is not None else torch.zeros(out_c)
     if convert:
         weight = weight.permute(0, 3, 2, 1, 4).contiguous()
@@ -148,10 +155,11 @@ def plan_conv(op: Op, convert: bool, names_of: dict[int, list[str]]) -> ConvPlan
     enabled = [q is not None and backend.is_enabled(q) for q in (input_q, weight_q)]
     if all(enabled):
         _check_int8_quantizer(input_q, _quantizer_names(names_of, input_q))
-        _check_int8_quantizer(weight_q, _quantizer_names(names_of, weight_q), per_channel=out_c)
+        _check_int8_quantizer(weight_q, _quantizer_names(names_of, weight_q), per_channel=out_c,
+                              axis=sparse.weight_channel_axis(module))
         plan.precision = "int8"
         with torch.no_grad():  # store the weight PyTorch computes with: FP16 rounding cannot move its int8 grid
-            quantized = weight_q(module.weight).detach().float().cpu()
+            quantized = sparse.kernel_weight(module, sparse.quantize_weight(module, weight_q)).detach().float().cpu()
         plan.weight = quantized.permute(0, 3, 2, 1, 4).contiguous() if convert else quantized
         plan.input_range = float(backend.get_amax(input_q).reshape(-1)[0])
         ranges = backend.get_amax(weight_q).float().reshape(-1)
@@ -390,16 +398,22 @@ def build_scn(trace: SparseTrace, *, layout: str, source_layout: str, headroom: 
             adds[id(op)] = info
     _assign_precisions(ops, convs, adds, alias, notes)
 
-    # output_bound: the most points any layer (or the input) produced in calibration, with headroom
+    # output_bound: a deployment capacity (never sized from the calibration set); calibration must fit in it
     counts = {plan.name: max(point_counts.get(plan.op.path, 0), plan.op.info["out_points"]) for plan in convs.values()}
     largest = max([input_points, *counts.values()])
-    bound = fixed_bound if fixed_bound is not None else int(math.ceil(largest * headroom))
-    low = {name: c for name, c in counts.items() if c > bound}
+    bound = fixed_bound if fixed_bound is not None else DEFAULT_OUTPUT_BOUND
+    low = {name: c for name, c in {"the input": input_points, **counts}.items() if c > bound}
     if low:
         name, count = max(low.items(), key=lambda kv: kv[1])
         raise RecipeError(f"onnx-sparse: output_bound {bound} is below the {count} points {name} produced in "
                           f"calibration ({len(low)} layer(s) affected)",
-                          hint=f"raise output_bound to at least {count} (or leave it unset: max points x headroom)")
+                          hint=f"raise output_bound to at least {math.ceil(count * headroom)} (points x "
+                          f"output_bound_headroom {headroom:g}); deployment frames may be larger still")
+    if largest * headroom > bound:
+        message = (f"output_bound {bound}: calibration reached {largest} points ({largest / bound:.0%} of it), "
+                   f"within the headroom of {headroom:g}x; real frames may overflow it (raise output_bound)")
+        notes.append(message)
+        warnings.warn(f"onnx-sparse: {message}", stacklevel=2)
 
     outputs = [plan_output(trace, v, layout, convert) for v in trace.outputs]
     model = _emit(trace, ops, alias, convs, adds, outputs, layout, convert, bound)
@@ -408,7 +422,7 @@ def build_scn(trace: SparseTrace, *, layout: str, source_layout: str, headroom: 
     summary = {"convs": len(convs), "int8_convs": int8_convs, "fp16_convs": len(convs) - int8_convs,
                "adds": len(adds), "int8_adds": sum(1 for a in adds.values() if a["precision"] == "int8"),
                "relus": sum(1 for op in ops if op.kind == "relu"), "output_bound": bound,
-               "max_points": largest, "layout": layout, "source_layout": source_layout}
+               "max_points": largest, "output_bound_used": round(largest / bound, 4), "layout": layout, "source_layout": source_layout}
     return SparseExport(model, outputs, counts, summary, notes)
 
 

@@ -42,7 +42,7 @@ from .capture import CaptureResult, capture, find_module
 from .onnx_qdq import export_mode, export_qdq, flatten_outputs, qdq_census
 from .onnx_sparse import REVERSE, OutputPlan, build_scn
 from .quantizers import check_exportable, qdq_notes, quantizers_off
-from .scn_reference import run_scn, swap_layout
+from .scn_runtime import run_scn, swap_layout
 from .sparse_trace import SparseTrace, trace_sparse
 from .verify import compare, round_figure, run_onnxruntime, summarize
 

@@ -450,13 +450,17 @@ class OnnxSparseExport(ExportBase):
         description="Column order of the model's own voxel indices (default: same as `layout`). When it differs "
         "from `layout`, weights and geometry are converted (kernel axes and spatial shapes reversed).",
     )
-    output_bound_headroom: float = Field(1.5, ge=1.0, title="output_bound = max voxels seen x headroom")
-    output_bound: int | None = Field(
-        None,
+    output_bound_headroom: float = Field(
+        2.0, ge=1.0, title="Warn when max voxels seen x headroom exceeds output_bound",
+        description="The export warns (and notes) when calibration comes within this factor of output_bound.")
+    output_bound: int = Field(
+        200000,
         ge=1,
-        title="Fixed output_bound",
-        description="Capacity in points for every conv instead of max points seen x headroom; the export fails "
-        "if a layer produced more points in calibration.",
+        title="output_bound",
+        description="Capacity in points of every conv (NVIDIA's exporters write 200000, libspconv's parser default "
+        "is 150000; a nuScenes frame has 60k-120k voxels). Size it for deployment data, not the calibration set: "
+        "the export fails if a layer produced more points in calibration and warns when it came within "
+        "output_bound_headroom of it.",
     )
     tolerance: float = Field(0.05, gt=0, title="Max relative |executor - PyTorch|")
 

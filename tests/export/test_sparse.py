@@ -13,7 +13,7 @@ from onnx import AttributeProto as A
 from onnx import numpy_helper
 
 from recipe_engine.export.runner import export
-from recipe_engine.export.scn_reference import fake_quant, run_scn
+from recipe_engine.export.scn_runtime import fake_quant, run_scn
 from recipe_engine.pipeline import as_loaded, prepare
 from recipe_engine.quant import backend, sparse
 from recipe_engine.quant.apply import get_state
@@ -171,7 +171,7 @@ def test_executor_matches_pytorch_in_both_layouts(exported: Exported) -> None:
     assert text(attrs(scatter)["format"]) == exported.other
 
 
-def test_output_bound_from_calibration(exported: Exported) -> None:
+def test_output_bound_is_a_deployment_capacity(exported: Exported) -> None:
     counts: list[int] = []
     handles = [m.register_forward_hook(lambda mod, args, out: counts.append(out.features.shape[0]))
                for m in exported.model.encoder.modules() if sparse.is_sparse_conv(m)]
@@ -182,9 +182,10 @@ def test_output_bound_from_calibration(exported: Exported) -> None:
     finally:
         for handle in handles:
             handle.remove()
-    expected = math.ceil(max(counts) * 1.5)
     bounds = {attrs(n)["output_bound"] for n in exported.native.graph.node if n.op_type == "SparseConvolution"}
-    assert bounds == {expected} and exported.results[0]["max_points"] == max(counts)
+    assert bounds == {200000} and exported.results[0]["max_points"] == max(counts)
+    assert exported.results[0]["output_bound_used"] == round(max(counts) / 200000, 4)
+    assert not any("output_bound" in note for note in exported.results[0]["notes"])
 
 
 def test_two_exports_are_byte_identical_and_leave_nothing_behind(exported: Exported, tmp_path) -> None:
