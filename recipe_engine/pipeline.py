@@ -254,6 +254,10 @@ def plan_recipe(loaded: LoadedRecipe) -> PlanResult:
     result.quantizers = {name: backend.quantizer_summary(q) for name, q in state.quantizers.items()}
     result.shares = state.groups
     result.disabled = state.disabled
+    if loaded.spec.export:
+        from .export.precheck import check_exports
+
+        check_exports(model, loaded, batches, forward, quantized=True)  # fails here, located, when not exportable
     return result
 
 
@@ -327,6 +331,10 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
     calib_batches = data_mod.make_data(loaded, "calibration")
     forward = data_mod.forward_fn(loaded)
     evaluate = data_mod.evaluate_fn(loaded)
+    if spec.export:
+        from .export.precheck import check_exports
+
+        check_exports(model, loaded, calib_batches, forward, on_copy=True)  # before any calibration
     metrics: dict[str, Any] = record.metrics
     metrics.update({"recipe": spec.recipe, "version": spec.version, "sha256": loaded.sha256})
     metrics["timings"] = timings

@@ -326,8 +326,13 @@ def _has_tensor(value: Any) -> bool:
     return bool(_tensor_args((value,), {}))
 
 
-def trace_sparse(module: nn.Module, path: str, args: tuple, kwargs: dict[str, Any]) -> SparseTrace:
-    """Run ``module(*args, **kwargs)`` once and return its libspconv-level graph."""
+def trace_sparse(module: nn.Module, path: str, args: tuple, kwargs: dict[str, Any],
+                 runner: nn.Module | None = None) -> SparseTrace:
+    """Run ``module(*args, **kwargs)`` once and return its libspconv-level graph.
+
+    ``runner`` (default ``module``) is what is called, e.g. a :class:`.calls.TensorCall` that
+    puts plain tensors into ``module``'s dict inputs; the hooks go on ``module``.
+    """
     features = _first_sparse_or_features(args, kwargs)
     if features is None:
         raise RecipeError(f"onnx-sparse: {path or 'the model'} takes no voxel features "
@@ -351,7 +356,7 @@ def trace_sparse(module: nn.Module, path: str, args: tuple, kwargs: dict[str, An
                     handles.append(quantizer.register_forward_pre_hook(tracer.quantizer_pre))
                     handles.append(quantizer.register_forward_hook(tracer.quantizer_post))
         with torch.no_grad(), tracer:
-            output = module(*args, **kwargs)
+            output = (runner or module)(*args, **kwargs)
     finally:
         for handle in handles:
             handle.remove()

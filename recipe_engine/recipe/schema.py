@@ -408,11 +408,46 @@ class QatSection(Section):
 
 
 # --------------------------------------------------------------------------- export
+MARGIN_DB = Field(
+    0.5,
+    ge=0,
+    title="SQNR margin (dB)",
+    description="The export fails when the runtime's output SQNR vs FP32 is more than this below PyTorch "
+    "fake-quant's on the same inputs, or when its difference from PyTorch has a systematic part (offset/gain per "
+    "channel) above -10 dB of the quantization noise.",
+)
+CALL_INPUTS = Field(
+    None,
+    title="Inputs",
+    description="File input name -> path of a tensor in the module's call: a forward parameter, then dict keys or "
+    "list positions (`batch_dict.voxel_features`). For modules that take dicts; goes with `outputs`.",
+)
+CALL_OUTPUTS = Field(
+    None,
+    title="Outputs",
+    description="Paths of the output tensors in the module's return value (`spatial_features`: key of a returned "
+    "dict; `0`: first item of a tuple); each is also the output's name.",
+)
+REMOVED_KEYS = {
+    "tolerance": "verification compares SQNR vs FP32 with PyTorch fake-quant's; use `margin_db` (default 0.5)",
+    "max_fraction": "verification compares SQNR vs FP32 with PyTorch fake-quant's; use `margin_db` (default 0.5)",
+}
+
+
 class ExportBase(Section):
     module: str | None = Field(
         None, title="Module", description="Sub-module path to export (default: the whole model)."
     )
     path: str = Field(title="Path", description="Output file name inside the run directory.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, why in REMOVED_KEYS.items():
+                if key in data:
+                    raise ValueError(f"`{key}` was removed: {why}")
+        return data
 
 
 class OnnxQdqExport(ExportBase):
@@ -422,21 +457,9 @@ class OnnxQdqExport(ExportBase):
     opset: int = Field(17, ge=13, title="ONNX opset")
     fp16: bool = Field(False, title="FP16 graph")
     dynamic_axes: dict[str, dict[int, str]] | None = Field(None, title="Dynamic axes per input name")
-    tolerance: float = Field(
-        4.0,
-        gt=0,
-        title="Tolerance",
-        description="Max |ORT - PyTorch| in output quantization steps (step = output range / 255). Int8 "
-        "simulations differ element-wise where a value sits on a rounding boundary and such flips spread through "
-        "later layers: 1-3 steps are normal for 5-10 quantized layers.",
-    )
-    max_fraction: float = Field(
-        0.05,
-        ge=0,
-        le=1,
-        title="Max fraction off by > 1 step",
-        description="Largest fraction of output elements allowed to differ by more than one output step.",
-    )
+    inputs: dict[str, str] | None = CALL_INPUTS
+    outputs: list[str] | None = CALL_OUTPUTS
+    margin_db: float = MARGIN_DB
 
 
 class OnnxSparseExport(ExportBase):
@@ -462,7 +485,9 @@ class OnnxSparseExport(ExportBase):
         "the export fails if a layer produced more points in calibration and warns when it came within "
         "output_bound_headroom of it.",
     )
-    tolerance: float = Field(0.05, gt=0, title="Max relative |executor - PyTorch|")
+    inputs: dict[str, str] | None = CALL_INPUTS
+    outputs: list[str] | None = CALL_OUTPUTS
+    margin_db: float = MARGIN_DB
 
 
 class TensorRTExport(ExportBase):
@@ -478,9 +503,7 @@ class TensorRTExport(ExportBase):
         description="min/opt/max shape per input name; default: 1 on each dynamic axis for min, the captured "
         "shape for opt and max.",
     )
-    tolerance: float = Field(
-        3.0, gt=0, title="Tolerance", description="Max |TensorRT - onnxruntime| in output quantization steps."
-    )
+    margin_db: float = MARGIN_DB
 
 
 ExportEntry = Annotated[OnnxQdqExport | OnnxSparseExport | TensorRTExport, Field(discriminator="format")]
