@@ -224,7 +224,8 @@ def _export_sparse(model: nn.Module, loaded: LoadedRecipe, entry: OnnxSparseExpo
     source_layout = entry.source_layout or entry.layout
     built = build_scn(trace, layout=entry.layout, source_layout=source_layout, headroom=entry.output_bound_headroom,
                       fixed_bound=entry.output_bound, point_counts=captured.point_counts.get(path, {}),
-                      input_points=captured.input_points.get(path, 0), names_of=names_of)
+                      input_points=captured.input_points.get(path, 0), names_of=names_of,
+                      allow_fp16_to_int8=entry.allow_fp16_to_int8, compat=entry.compat)
     if captured.inputs[path].calls > 1:
         built.notes.append(f"{path or 'the model'} ran {captured.inputs[path].calls} times per forward; "
                            "its first call was exported")

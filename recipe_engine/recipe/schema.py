@@ -488,6 +488,27 @@ class OnnxSparseExport(ExportBase):
     inputs: dict[str, str] | None = CALL_INPUTS
     outputs: list[str] | None = CALL_OUTPUTS
     margin_db: float = MARGIN_DB
+    compat: Literal["none", "cuda-centerpoint", "cuda-bevfusion"] = Field(
+        "none",
+        title="Compatibility profile",
+        description="Write the file NVIDIA's application loads: 'cuda-centerpoint' (zyx; ScatterDense -> Reshape "
+        "[1, C*Z, Y, X]) or 'cuda-bevfusion' (xyz or zyx; ScatterDense -> Transpose -> Reshape [1, C*Z, X, Y]), "
+        "one output, int8 layers fed int8. 'none': the model's own output arrangement.",
+    )
+    allow_fp16_to_int8: bool = Field(
+        False,
+        title="Allow int8 layers that read fp16",
+        description="Write int8 layers whose input tensor is fp16 (NVIDIA's exporters never do; libspconv does not "
+        "document it). Without it such a chain is an error naming the share group that keeps it int8.",
+    )
+
+    @model_validator(mode="after")
+    def _compat_chain(self) -> OnnxSparseExport:
+        if self.compat == "cuda-centerpoint" and self.layout != "zyx":
+            raise ValueError("compat: cuda-centerpoint needs layout: zyx (CUDA-CenterPoint indexes voxels z, y, x)")
+        if self.compat != "none" and self.allow_fp16_to_int8:
+            raise ValueError(f"compat: {self.compat} loads int8 chains only; remove allow_fp16_to_int8")
+        return self
 
 
 class TensorRTExport(ExportBase):

@@ -194,7 +194,8 @@ SPARSE_RECIPE = {
               {"select": "encoder", "ops": {"add": "act"}},
               {"select": {"type": "tests.export.models:SparseBlock"}, "ops": {"add": "act"}},
               {"select": {"type": "Conv2d"}, "quantize": {"input": "act", "weight": "w"}}],
-    "share": [["encoder.block.conv1.input", "encoder.block.add0"]],
+    "share": [["encoder.block.conv1.input", "encoder.block.add0"],  # block input: conv1 + residual add
+              ["encoder.down.0.input", "encoder.add0"]],            # block output: down conv + U-Net add
     "disable": ["encoder.conv_input.*"],
     "calibration": {"method": "max"},
 }

@@ -55,7 +55,7 @@ def test_nan_amax_fails_loudly(sparse_export, tmp_path) -> None:
     saved = backend.get_amax(quantizer).clone()
     backend.set_amax(quantizer, torch.tensor(float("nan")))
     try:
-        with pytest.raises(RecipeError, match=r"encoder\.down\.0\.input has a non-finite amax .*NaN"):
+        with pytest.raises(RecipeError, match=r"encoder\.down\.0\.input = encoder\.add0 has a non-finite amax .*NaN"):
             export(model, recipe, tmp_path, batches, forward_batch)
     finally:
         backend.set_amax(quantizer, saved)

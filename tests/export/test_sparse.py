@@ -95,13 +95,11 @@ def test_attribute_census(exported: Exported) -> None:
             out_c, in_c = values["out_channels"], values["in_channels"]
             assert list(weight.dims) == [out_c, *values["kernel_size"], in_c] and list(bias.dims) == [out_c]
             assert text(values["activation"]) in ("ReLU", "None")
-            if text(values["precision"]) == "int8":
-                for name, kind in INT8_TYPES.items():
-                    assert a[name].type == kind
-                assert len(values["weight_dynamic_ranges"]) == out_c
-                assert all(math.isfinite(r) and r > 0 for r in values["weight_dynamic_ranges"])
-            else:
-                assert "input_dynamic_range" not in a and "weight_dynamic_ranges" not in a
+            # every layer carries its ranges (the fp16 stem too: calibrated, then disabled), as NVIDIA writes them
+            for name, kind in INT8_TYPES.items():
+                assert a[name].type == kind
+            assert len(values["weight_dynamic_ranges"]) == out_c
+            assert all(math.isfinite(r) and r > 0 for r in values["weight_dynamic_ranges"])
         for node in graph.node:
             values = attrs(node)
             if node.op_type == "Add":
@@ -126,7 +124,13 @@ def test_precision_rules_rulebooks_and_activations(exported: Exported) -> None:
     graph = exported.native.graph
     nodes = {n.name: attrs(n) for n in graph.node}
     stem = nodes["encoder.conv_input.0"]
-    assert text(stem["precision"]) == "fp16" and "input_dynamic_range" not in stem  # disabled by the recipe
+    assert text(stem["precision"]) == "fp16"  # disabled by the recipe, after calibration: its ranges are written
+    state = get_state(exported.model)
+    assert stem["input_dynamic_range"] == pytest.approx(
+        float(backend.get_amax(state.quantizers["encoder.conv_input.0.input"])), rel=1e-6)
+    stem_weight = numpy_helper.to_array(next(t for t in graph.initializer if t.name == "spconv0.weight"))
+    assert np.allclose(stem["weight_dynamic_ranges"], np.abs(stem_weight).reshape(len(stem_weight), -1).max(1),
+                       rtol=1e-3)  # max |W| of the folded weight in the file
     assert text(stem["activation"]) == "ReLU"  # [SubMConv3d, BatchNorm1d, ReLU] folded
     block1, block2 = nodes["encoder.block.conv1"], nodes["encoder.block.conv2"]
     assert text(block1["precision"]) == text(block2["precision"]) == "int8"
@@ -136,7 +140,6 @@ def test_precision_rules_rulebooks_and_activations(exported: Exported) -> None:
     assert down["subm"] == 0 and down["inverse"] == 0 and text(down["rulebook"]) == "down1"
     assert up["inverse"] == 1 and text(up["rulebook"]) == "down1"
     assert text(nodes["encoder.out.0"]["output_precision"]) == "fp16"  # feeds ScatterDense
-    state = get_state(exported.model)
     amax = float(backend.get_amax(state.quantizers["encoder.block.conv1.input"]))
     assert block1["input_dynamic_range"] == pytest.approx(amax, rel=1e-6)
     weight_amax = backend.get_amax(state.quantizers["encoder.block.conv1.weight"]).reshape(-1)
@@ -220,7 +223,7 @@ def test_executor_on_one_int8_conv_equals_a_dense_reference(tmp_path) -> None:
     inputs = [spconv.SparseConvTensor(b["voxel_features"], b["coors"], [9, 16, 16], 2) for b in batches]
     recipe = {"recipe": "one", "version": "1.0.0", "quantizers": {"a": {}, "w": {"per_channel": True}},
               "rules": [{"select": {"type": "SubMConv3d"}, "quantize": {"input": "a", "weight": "w"}}],
-              "export": [{"format": "onnx-sparse", "path": "one.onnx"}]}
+              "export": [{"format": "onnx-sparse", "path": "one.onnx", "allow_fp16_to_int8": True}]}  # reads "0"
     prepare(model, recipe, inputs)
     (result,) = export(model, recipe, tmp_path, inputs)
     proto = onnx.load(tmp_path / "one.onnx")
