@@ -92,9 +92,11 @@ def validate(recipe_files: tuple[str, ...], overrides: tuple[str, ...], quiet: b
         if not quiet:
             spec = loaded.spec
             click.echo(f"{loaded.path}: ok ({spec.recipe} {spec.version}, sha256 {loaded.sha256[:12]})")
-            factories = spec.factories()
-            if factories:
-                click.echo("  code it runs: " + ", ".join(factories))
+            imports = spec.imports()
+            if imports:
+                click.echo("  code it runs (imported; callables are also called):")
+                for item in imports:
+                    click.echo(f"    {item.format()}")
     sys.exit(1 if failed else 0)
 
 

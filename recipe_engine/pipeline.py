@@ -82,9 +82,10 @@ def _apply(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | None, for
            op_sites: dict[str, list[str]] | None) -> QuantState:
     from .fuse import apply_fusions
 
-    fused = apply_fusions(model, loaded.spec, phase="before_calibration")
-    state = apply_quantization(model, loaded.spec, op_sites=op_sites,
-                               run_forward=_first_batch_runner(model, batches, forward))
+    with loaded.located():
+        fused = apply_fusions(model, loaded.spec, phase="before_calibration")
+        state = apply_quantization(model, loaded.spec, op_sites=op_sites,
+                                   run_forward=_first_batch_runner(model, batches, forward))
     state.fused = fused
     return state
 
@@ -101,7 +102,8 @@ def calibrate(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batc
         raise RecipeError("calibrate: pass batches= (the recipe has no data.calibration)")
     result = _calibrate_state(model, batches, loaded.spec.calibration, data_mod.recipe_forward(loaded, forward),
                               show_progress)
-    disable_matching(get_state(model), loaded.spec.disable)
+    with loaded.located():
+        disable_matching(get_state(model), loaded.spec.disable)
     return result
 
 
@@ -245,9 +247,11 @@ def plan_recipe(loaded: LoadedRecipe) -> PlanResult:
     model = data_mod.build_model(loaded)
     batches = data_mod.make_data(loaded, "calibration") if loaded.spec.data else None
     forward = data_mod.forward_fn(loaded)
-    selections = plan_quantization(model, loaded.spec).rule_matches  # what the selectors see, before fusion
+    with loaded.located():
+        selections = plan_quantization(model, loaded.spec).rule_matches  # what the selectors see, before fusion
     state = apply(model, loaded, batches, forward)
-    disable_matching(state, loaded.spec.disable)
+    with loaded.located():
+        disable_matching(state, loaded.spec.disable)
     result = PlanResult(loaded.spec.recipe, loaded.spec.version, loaded.spec.factories())
     result.rules = [{"index": i, "matches": m} for i, m in enumerate(selections)]
     result.fusions = [f.as_dict() for f in state.fused]

@@ -45,15 +45,22 @@ def resolve_type(name: str) -> type:
     """Resolve a type name from a recipe to a class; raise RecipeError with a fix if impossible."""
     target = _SHORT_TYPES.get(name)
     if target is None and ":" not in name and "." not in name:
-        if hasattr(nn, name):
+        if isinstance(getattr(nn, name, None), type):
             return getattr(nn, name)
-        if name in _SPCONV_CLASSES:
-            target = f"spconv.pytorch:{name}"
+        if name not in _SPCONV_CLASSES:
+            known = [n for n in dir(nn) if isinstance(getattr(nn, n), type)] + _SPCONV_CLASSES + list(_SHORT_TYPES)
+            close = difflib.get_close_matches(name, known, n=3)
+            raise RecipeError(f"unknown type {name!r}: not a torch.nn class, an spconv class or an engine short name",
+                              hint=(f"did you mean {', '.join(map(repr, close))}? " if close else "")
+                              + "other classes are written 'package.module:Class'")
+        target = f"spconv.pytorch:{name}"
     if target is None and name.startswith("spconv.") and ":" not in name:
         target = "spconv.pytorch:" + name.split(".")[-1]
     if target is None:
         target = name if ":" in name else ".".join(name.split(".")[:-1]) + ":" + name.split(".")[-1]
     module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise RecipeError(f"type {name!r} is not a class name", hint="write 'package.module:Class' or a torch.nn class")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -62,6 +69,9 @@ def resolve_type(name: str) -> type:
                               hint=SPCONV_INSTALL_HINT) from None
         raise RecipeError(f"type {name!r}: cannot import module {module_name!r} ({exc})",
                           hint="write types as 'package.module:Class' or a torch.nn class name") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while being imported
+        raise RecipeError(f"type {name!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}",
+                          hint=f"fix {module_name!r} (try `python -c 'import {module_name}'`)") from None
     obj = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
@@ -147,10 +157,17 @@ def select(model: nn.Module, selector: str | Selector, *, what: str = "selector"
     (unless the selector is optional).
     """
     sel = as_selector(selector)
+    base = key_of(what)
     type_names = [sel.type] if isinstance(sel.type, str) else list(sel.type or [])
-    types = [resolve_type(t) for t in type_names]
+    types = []
+    for index, type_name in enumerate(type_names):
+        try:
+            types.append(resolve_type(type_name))
+        except RecipeError as exc:
+            where = base + ("type",) + ((index,) if isinstance(sel.type, list) else ())
+            raise RecipeError(f"{what}: {exc.headline}", hint=exc.hint, key=where) from None
     exclude = sel.exclude
-    found: list[Match] = []
+    candidates: list[Match] = []
     pool = list(modules) if modules is not None else list(model.named_modules())
     for name, module in pool:
         if not name and (sel.name is not None or sel.under is not None):
@@ -161,12 +178,47 @@ def select(model: nn.Module, selector: str | Selector, *, what: str = "selector"
             continue
         if sel.under is not None and not _is_under(sel.under, name):
             continue
-        if exclude is not None and match_any(exclude, name):
-            continue
-        found.append(Match(name, module))
+        candidates.append(Match(name, module))
+    found = [m for m in candidates if exclude is None or not match_any(exclude, m.name)]
     if not found and not sel.optional:
         raise no_match_error(sel, pool, what)
+    if not sel.optional:
+        _check_every_entry(sel, types, candidates, pool, what, base)
     return found
+
+
+def key_of(what: str) -> tuple:
+    """The recipe key a label like ``rules[2].select`` or ``share[0] for layer1`` names (``()`` if none)."""
+    head = what.split(" ")[0].rstrip(":")
+    if not re.fullmatch(r"[A-Za-z_]\w*(\[\d+\]|\.[A-Za-z_]\w*)*", head):
+        return ()
+    return tuple(int(i) if i else n for n, i in re.findall(r"([A-Za-z_]\w*)|\[(\d+)\]", head))
+
+
+def _check_every_entry(sel: Selector, types: list[type], candidates: list[Match], pool: list, what: str,
+                       base: tuple) -> None:
+    """Every entry of a `name`/`type` list and every `exclude` pattern must match something (typos are errors)."""
+    names = [m.name for m in candidates]
+    if isinstance(sel.name, list):
+        for index, pattern in enumerate(sel.name):
+            if not any(match_name(pattern, n) for n in names):
+                close = difflib.get_close_matches(pattern, [n for n, _ in pool if n], n=3, cutoff=0.5)
+                raise RecipeError(f"{what}: name entry {pattern!r} matches no module (the other entries do)",
+                                  hint=(f"nearest module paths: {', '.join(close)}; " if close else "")
+                                  + "every entry of a list must match; add `optional: true` if that is expected",
+                                  key=base + ("name", index))
+    if isinstance(sel.type, list):
+        for index, cls in enumerate(types):
+            if not any(_type_matches(m.module, [cls], sel.exact) for m in candidates):
+                raise RecipeError(f"{what}: type entry {sel.type[index]!r} matches no module (the other entries do)",
+                                  hint="every entry of a list must match; add `optional: true` if that is expected",
+                                  key=base + ("type", index))
+    patterns = [sel.exclude] if isinstance(sel.exclude, str) else list(sel.exclude or [])
+    for index, pattern in enumerate(patterns):
+        if not any(match_name(pattern, n) for n in names):
+            raise RecipeError(f"{what}: exclude {pattern!r} removes nothing (it matches no selected module)",
+                              hint="check the pattern against `recipe plan`; add `optional: true` if that is expected",
+                              key=base + ("exclude",) + ((index,) if isinstance(sel.exclude, list) else ()))
 
 
 def no_match_error(sel: Selector, pool: list[tuple[str, nn.Module]], what: str) -> RecipeError:
@@ -188,7 +240,7 @@ def no_match_error(sel: Selector, pool: list[tuple[str, nn.Module]], what: str) 
                      + ", ".join(sorted({n.split('.')[0] for n in names})[:10]))
     described = sel.model_dump(exclude_defaults=True)
     return RecipeError(f"{what} {described} selects nothing",
-                       hint="; ".join(hints + ["add `optional: true` if that is expected"]))
+                       hint="; ".join(hints + ["add `optional: true` if that is expected"]), key=key_of(what))
 
 
 def select_names(names: Sequence[str], patterns: str | Sequence[str], *, what: str,
@@ -202,6 +254,6 @@ def select_names(names: Sequence[str], patterns: str | Sequence[str], *, what: s
             close = difflib.get_close_matches(pattern.removeprefix("re:"), list(names), n=5, cutoff=0.3)
             raise RecipeError(f"{what}: {pattern!r} matches no quantizer",
                               hint=("nearest quantizer names: " + ", ".join(close)) if close else
-                              "run `recipe plan` to list quantizer names")
+                              "run `recipe plan` to list quantizer names", key=key_of(what))
         found += [h for h in hits if h not in found]
     return found

@@ -40,9 +40,10 @@ class RecipeError(Exception):
     """
 
     def __init__(self, message: str | None = None, diagnostics: list[Diagnostic] | None = None,
-                 hint: str | None = None):
+                 hint: str | None = None, key: tuple | None = None):
         self.diagnostics: list[Diagnostic] = list(diagnostics or [])
         self.hint = hint
+        self.key = key  # the recipe key it is about, when raised without a position (see LoadedRecipe.located)
         self.headline = message or (self.diagnostics[0].message if self.diagnostics else "invalid recipe")
         super().__init__(self.format())
 

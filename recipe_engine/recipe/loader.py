@@ -6,7 +6,10 @@ caused it, in whichever file of the ``extends`` chain defined it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,10 @@ from .hints import diagnostics_from_validation
 from .lock import recipe_sha256
 from .merge import Positions, apply_override, deep_merge
 from .schema import Recipe
+from .secrets import Redactions, SecretReader
 from .template import render_tree, template_context
-from .yaml_source import parse_yaml
+from .template_limits import TemplateLimitError, render_budget
+from .yaml_source import MAX_BYTES, parse_yaml
 
 RECIPE_SUFFIXES = (".yaml", ".yml")
 
@@ -52,9 +57,34 @@ class LoadedRecipe:
         base = Path(origin).parent if Path(origin).exists() else self.path.parent
         return (base / candidate).resolve()
 
+    @contextlib.contextmanager
+    def located(self) -> Iterator[None]:
+        """Give RecipeErrors raised inside (selectors, fusions, share groups at model build time) a position.
+
+        An error that has no diagnostics is located at its ``key`` or, failing that, at the
+        recipe key its message starts with (``rules[2].select ...``, ``share[0]: ...``).
+        """
+        try:
+            yield
+        except RecipeError as exc:
+            if exc.diagnostics:
+                raise
+            key = exc.key or _leading_key(exc.headline)
+            if not key:
+                raise
+            raise RecipeError(diagnostics=[Diagnostic(self.position(*key), exc.headline, exc.hint)]) from None
+
     def error(self, path: tuple, message: str, hint: str | None = None) -> RecipeError:
         """A RecipeError located at ``path`` in the user's files."""
         return RecipeError(diagnostics=[Diagnostic(self.position(*path), f"{dotted(path)}: {message}", hint)])
+
+
+def _leading_key(message: str) -> tuple:
+    """``rules[2].select {...} selects nothing`` -> ``("rules", 2, "select")``; ``()`` unless a recipe key."""
+    match = re.match(r"([A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*)", message)
+    if not match or match[1].split("[")[0].split(".")[0] not in Recipe.model_fields:
+        return ()
+    return tuple(int(i) if i else n for n, i in re.findall(r"([A-Za-z_]\w*)|\[(\d+)\]", match[1]))
 
 
 def catalogue_dirs(start: Path | None = None) -> list[Path]:
@@ -95,9 +125,20 @@ def find_recipe(name: str, relative_to: Path | None = None) -> Path | None:
 
 def _read_document(path: Path) -> tuple[dict, Positions]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_BYTES + 1)
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read recipe: {exc.strerror or exc}") from None
+    if len(raw) > MAX_BYTES:
+        raise RecipeError(diagnostics=[Diagnostic(Position(str(path)), f"recipe file is larger than {MAX_BYTES} "
+                                                  "bytes", "a recipe is a short configuration file")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RecipeError(diagnostics=[Diagnostic(Position(str(path), line, col), "recipe file is not valid UTF-8 "
+                                                  f"(byte {raw[exc.start]:#04x})", "save the file as UTF-8")]) from None
     data, positions = parse_yaml(text, str(path))
     if data is None:
         data = {}
@@ -121,6 +162,8 @@ def _load_chain(path: Path, stack: tuple[Path, ...], files: list[Path]) -> tuple
     elif not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
         raise RecipeError(diagnostics=[Diagnostic(positions.get(("extends",), Position(str(path))),
                                                   "extends: expected a recipe path or a list of them")])
+    if not stack and parents:
+        _check_names_itself(path, data, positions)
     merged: dict = {}
     merged_positions: Positions = {}
     for index, parent in enumerate(parents):
@@ -137,8 +180,26 @@ def _load_chain(path: Path, stack: tuple[Path, ...], files: list[Path]) -> tuple
     return deep_merge(merged, merged_positions, data, positions)
 
 
+def _check_names_itself(path: Path, data: dict, positions: Positions) -> None:
+    """A file that is run (not only used as a base) names itself: a base's name and version are not inherited."""
+    missing = [key for key in ("recipe", "version") if key not in data]
+    if missing:
+        where = positions.get(("extends",)) or Position(str(path))
+        keys = " and ".join(repr(k) for k in missing)
+        raise RecipeError(diagnostics=[Diagnostic(where, f"missing required key {keys}: a recipe that is run must "
+                                                  "name itself (it does not inherit its base's name and version)",
+                                                  "add 'recipe: NAME' and 'version: 1.0.0' to this file; a file "
+                                                  "without them can only be a base used through `extends`")])
+
+
 def resolve_document(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict, Positions, list[Path]]:
     """Everything but validation: extends, overrides and templates. Returns plain data."""
+    body, positions, files, _ = _resolve(path, overrides)
+    return body, positions, files
+
+
+def _resolve(path: str | os.PathLike, overrides: list[str] | tuple[str, ...]) -> tuple[dict, Positions, list[Path],
+                                                                                      Redactions]:
     source = find_recipe(str(path))
     if source is None:
         raise RecipeError(f"{path}: no such recipe file", hint="give a path to a .yaml file or a catalogue name "
@@ -152,15 +213,21 @@ def resolve_document(path: str | os.PathLike, overrides: list[str] | tuple[str, 
     if not isinstance(variables, dict):
         raise RecipeError(diagnostics=[Diagnostic(nearest_position(positions, ("vars",), default),
                                                   "vars: expected a mapping of names to values")])
-    variables, problems = render_tree(variables, template_context({}), positions, default, ("vars",))
-    body = {k: v for k, v in data.items() if k != "vars"}
-    body, more = render_tree(body, template_context(variables), positions, default)
+    secrets = SecretReader()
+    try:
+        with render_budget():
+            variables, problems = render_tree(variables, template_context({}, secrets), positions, default, ("vars",))
+            body = {k: v for k, v in data.items() if k != "vars"}
+            body, more = render_tree(body, template_context(variables, secrets), positions, default)
+    except TemplateLimitError as exc:
+        raise RecipeError(diagnostics=[Diagnostic(default, f"templates: {exc}",
+                                                  "templates compute small configuration values")]) from None
     problems += more
     if problems:
         raise RecipeError(diagnostics=problems)
     if variables:
         body["vars"] = variables
-    return body, positions, files
+    return body, positions, files, secrets.redactions
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
@@ -170,13 +237,14 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     applied after ``extends`` merging. Raises :class:`RecipeError` with file:line:col
     diagnostics on any problem.
     """
-    data, positions, files = resolve_document(path, overrides)
+    data, positions, files, redactions = _resolve(path, overrides)
     source = files[-1]
     default = Position(str(source))
     try:
         spec = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(diagnostics=diagnostics_from_validation(exc, data, positions, default)) from None
+    spec._redactions = redactions
     problems = [Diagnostic(nearest_position(positions, loc, default), f"{dotted(loc)}: {message}")
                 for loc, message in spec.reference_errors()]
     if problems:

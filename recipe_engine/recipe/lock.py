@@ -9,17 +9,21 @@ from typing import Any
 import yaml
 
 from .schema import Recipe
+from .secrets import redact
 
 
 def canonical_data(spec: Recipe) -> dict[str, Any]:
-    """The resolved recipe as plain data, defaults filled in (so writing a default changes nothing)."""
+    """The resolved recipe as plain data, defaults filled in (so writing a default changes nothing).
+
+    Values read with ``secret('NAME')`` appear as ``<secret:NAME>`` (see :mod:`.secrets`).
+    """
     data = spec.model_dump(mode="json", by_alias=True)
     data.pop("extends", None)
-    return data
+    return redact(data, spec._redactions)
 
 
 def recipe_sha256(spec: Recipe) -> str:
-    """sha256 of the canonical JSON form (sorted keys, no whitespace)."""
+    """sha256 of the canonical JSON form (sorted keys, no whitespace), secrets redacted (see :mod:`.secrets`)."""
     text = json.dumps(canonical_data(spec), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -12,9 +12,13 @@ This module must stay light: it is imported by ``recipe validate`` and
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from .imports import Import, recipe_imports
+from .paths import path_conflicts, safe_relative_path
 
 SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -33,9 +37,33 @@ class Section(BaseModel):
 
 
 def _check_callable(value: str | None) -> str | None:
-    if value is not None and not CALLABLE_PATH.match(value):
+    if value is not None and not CALLABLE_PATH.fullmatch(value):
         raise ValueError(f"expected 'package.module:callable', got {value!r}")
     return value
+
+
+def _check_types(value: str | list[str] | None) -> str | list[str] | None:
+    for name in [value] if isinstance(value, str) else (value or []):
+        if not TYPE_PATH.fullmatch(name):
+            raise ValueError(f"type {name!r} is not a class name: write a torch.nn class (Conv2d), an spconv "
+                             "class (SubMConv3d) or 'package.module:Class'")
+    return value
+
+
+def _check_patterns(value: str | list[str] | None) -> str | list[str] | None:
+    for pattern in [value] if isinstance(value, str) else (value or []):
+        if not pattern:
+            raise ValueError("empty name pattern")
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
+    return value
+
+
+def _check_artifact(value: str) -> str:
+    return str(safe_relative_path(value))
 
 
 # --------------------------------------------------------------------------- quantizers
@@ -114,6 +142,9 @@ class Selector(Section):
     optional: bool = Field(
         False, title="Optional", description="Selecting nothing is not an error (it is by default)."
     )
+
+    _types = field_validator("type")(classmethod(lambda cls, v: _check_types(v)))
+    _patterns = field_validator("name", "under", "exclude")(classmethod(lambda cls, v: _check_patterns(v)))
 
     @model_validator(mode="after")
     def _not_empty(self) -> Selector:
@@ -201,6 +232,15 @@ class FuseEntry(Section):
     )
     optional: bool = Field(False, title="Optional", description="Matching nothing is not an error.")
 
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_types(cls, value: list[str] | None) -> list[str] | None:
+        for element in value or []:
+            _check_types([part.strip() for part in element.split("|")])
+        return value
+
+    _block = field_validator("block")(classmethod(lambda cls, v: _check_types(v)))
+
     @model_validator(mode="after")
     def _one_kind(self) -> FuseEntry:
         kinds = [k for k in ("pattern", "block", "use") if getattr(self, k) is not None]
@@ -233,7 +273,8 @@ class ShareGroup(Section):
 
 
 ShareRef = Annotated[
-    list[str] | ShareGroup, Field(description="A list of quantizer names, or {quantizers: [...], optional}.")
+    Annotated[list[str], Field(min_length=2)] | ShareGroup,
+    Field(description="A list of two or more quantizer names, or {quantizers: [...], optional}."),
 ]
 
 
@@ -438,7 +479,13 @@ class ExportBase(Section):
     module: str | None = Field(
         None, title="Module", description="Sub-module path to export (default: the whole model)."
     )
-    path: str = Field(title="Path", description="Output file name inside the run directory.")
+    path: str = Field(
+        title="Path",
+        description="Output file name inside the run directory: relative, no '..' or hidden components, not one "
+        "of the files the run writes itself (recipe.lock.yaml, model.pt, metrics.json, report.md, ...).",
+    )
+
+    _path = field_validator("path")(classmethod(lambda cls, v: _check_artifact(v)))
 
     @model_validator(mode="before")
     @classmethod
@@ -516,6 +563,8 @@ class TensorRTExport(ExportBase):
 
     format: Literal["tensorrt"] = Field(title="Format")
     source: str = Field(title="Source", description="`path` of the onnx-qdq export to build from.")
+
+    _source = field_validator("source")(classmethod(lambda cls, v: str(safe_relative_path(v, reserved=False))))
     workspace_gb: float = Field(2.0, gt=0, title="Workspace (GiB)")
     required: bool = Field(False, title="Required", description="Fail (instead of skip) without a GPU.")
     shapes: dict[str, dict[Literal["min", "opt", "max"], list[int]]] | None = Field(
@@ -583,11 +632,13 @@ class Recipe(Section):
     qat: QatSection | None = Field(None, title="QAT")
     tune: TuneSection | None = Field(None, title="Tuning")
     export: list[ExportEntry] = Field(default_factory=list, title="Exports")
+    # where values read with secret() sit: recorded redacted (see recipe/secrets.py)
+    _redactions: dict = PrivateAttr(default_factory=dict)
 
     @field_validator("version")
     @classmethod
     def _semver(cls, value: str) -> str:
-        if not SEMVER.match(value):
+        if not SEMVER.fullmatch(value):
             raise ValueError(f"version must be semantic (MAJOR.MINOR.PATCH), got {value!r}")
         return value
 
@@ -608,12 +659,10 @@ class Recipe(Section):
             for op, ref in (rule.ops or {}).items():
                 if ref is not False:
                     check(ref, ("rules", i, "ops", op))
-        seen: set[str] = set()
         qdq_paths: set[str] = set()
+        for i, message in path_conflicts([PurePosixPath(e.path) for e in self.export]):
+            errors.append((("export", i, "path"), message))
         for i, entry in enumerate(self.export):
-            if entry.path in seen:
-                errors.append((("export", i, "path"), f"export path {entry.path!r} is used twice"))
-            seen.add(entry.path)
             if isinstance(entry, OnnxQdqExport):
                 qdq_paths.add(entry.path)
             if isinstance(entry, TensorRTExport) and entry.source not in qdq_paths:
@@ -623,16 +672,13 @@ class Recipe(Section):
         return errors
 
     def factories(self) -> list[str]:
-        """Every 'module:callable' this recipe would import and run (its trust surface)."""
-        found: list[str] = []
-        if self.model:
-            found.append(self.model.factory)
-        if self.data:
-            for ref in (self.data.calibration, self.data.validation, self.data.train):
-                if ref is not None:
-                    found.append(ref.factory)
-            found += [c for c in (self.data.forward, self.data.evaluate, self.data.loss) if c]
-        for entry in self.fuse:
-            if entry.block and ":" in entry.block:
-                found.append(entry.block)
-        return list(dict.fromkeys(found))
+        """Every module path this recipe makes the engine import (its trust surface), each once.
+
+        Callables (factories, forward, evaluate, loss) are imported and called; class names from
+        selectors, fusions and share groups are imported. See :mod:`.imports` for the details.
+        """
+        return list(dict.fromkeys(i.target for i in self.imports()))
+
+    def imports(self) -> list[Import]:
+        """Every import this recipe causes, with the key that causes it (see :mod:`.imports`)."""
+        return recipe_imports(self)

@@ -7,6 +7,14 @@ int); any other template renders to a string. The context holds the recipe's ``v
 ``env``, a read-only view of the process environment (``{{ env.HOME }}``,
 ``{{ env.get('DATA_ROOT', '/data') }}``). Undefined names are errors, and the sandbox
 refuses attribute walks into Python internals.
+
+Values read with ``env`` are recorded in the lock like any other value. ``secret('NAME')``
+reads an environment variable whose value is used at run time but never recorded: see
+:mod:`.secrets`.
+
+Templates cannot exhaust the machine (see :mod:`.template_limits`): numbers, repetitions,
+ranges, widths and the render time are bounded, and ``lipsum``/``cycler``/``joiner`` are
+not available.
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, Undefined, UndefinedError
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import Diagnostic, Position, dotted, nearest_position
+from .secrets import SecretReader
+from .template_limits import BoundedSandbox, TemplateLimitError
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.S)
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 def is_template(value: Any) -> bool:
@@ -44,9 +53,11 @@ def render_value(value: str, context: Mapping[str, Any]) -> Any:
     return _ENV.from_string(value).render(**context)
 
 
-def template_context(variables: Mapping[str, Any]) -> dict[str, Any]:
-    """The names a recipe template can see: its vars and a read-only ``env``."""
-    return {**variables, "vars": MappingProxyType(dict(variables)), "env": MappingProxyType(dict(os.environ))}
+def template_context(variables: Mapping[str, Any], secrets: SecretReader | None = None) -> dict[str, Any]:
+    """The names a recipe template can see: its vars, a read-only ``env`` and ``secret(NAME)``."""
+    reader = secrets if secrets is not None else SecretReader()
+    return {**variables, "vars": MappingProxyType(dict(variables)), "env": MappingProxyType(dict(os.environ)),
+            "secret": reader}
 
 
 def render_tree(data: Any, context: Mapping[str, Any], positions: Mapping[tuple, Position],
@@ -69,15 +80,23 @@ def render_tree(data: Any, context: Mapping[str, Any], positions: Mapping[tuple,
     if not is_template(data):
         return data, problems
     where = nearest_position(positions, path, default)
+    reader = context.get("secret")
+    calls = reader.calls if isinstance(reader, SecretReader) else 0
     try:
-        return render_value(data, context), problems
+        value = render_value(data, context)
+        if isinstance(reader, SecretReader):
+            reader.note(path, value, called=reader.calls > calls)
+        return value, problems
     except UndefinedError as exc:
-        names = [k for k in context if k not in ("env", "vars")]
+        names = [k for k in context if k not in ("env", "vars", "secret")]
         missing = re.findall(r"'([^']+)' is undefined", str(exc))
         close = difflib.get_close_matches(missing[0], names, n=1) if missing else []
         hint = f"did you mean {close[0]!r}?" if close else \
             f"define it under `vars:` or pass --set vars.{missing[0] if missing else 'NAME'}=VALUE"
         problems.append(Diagnostic(where, f"{dotted(path)}: undefined template variable: {exc}", hint))
+    except TemplateLimitError as exc:
+        problems.append(Diagnostic(where, f"{dotted(path)}: template refused: {exc}",
+                                   "templates compute small configuration values; this one is too costly"))
     except SecurityError as exc:
         problems.append(Diagnostic(where, f"{dotted(path)}: template refused by the sandbox: {exc}",
                                    "templates may only read vars and env; they cannot reach Python internals"))
