@@ -9,8 +9,8 @@ path, which multiplies by ``weight.reshape(I, O)``). Index mappings come from
 - ``SparseConvolution``: weight read as ``[O, k0, k1, k2, I]`` for every kernel size, bias
   required. ``precision="int8"``: the input is quantized with ``scale = input_dynamic_range/127``,
   the weight per output channel with ``weight_dynamic_ranges[o]/127`` (round half to even,
-  clamp to [-127, 127], symmetric), products accumulated exactly (integers in float64, exact
-  below 2**53), dequantized by ``s_x * s_w[o]``; then bias and ``activation``. ``fp16``: FP16
+  clamp to [-127, 127], symmetric), products accumulated exactly (float32 matmuls of at most
+  1040 int8 products, each an exact integer below 2**24, summed in float64), dequantized by ``s_x * s_w[o]``; then bias and ``activation``. ``fp16``: FP16
   inputs and weights, float32 accumulation. libspconv's kernels are closed source; these are the
   format's documented semantics, not a bit-exact copy of the GPU kernels.
 - ``output_precision``: ``int8`` stores the output on the int8 grid of the range its readers
@@ -39,6 +39,8 @@ from .scn_checks import attributes
 from .scn_rulebook import RulebookCache, Sites, make_sites
 
 QMAX = 127.0
+CHUNK_ELEMENTS = 1 << 22  # gathered feature elements per matmul (16 MiB in float32)
+EXACT_FP32 = (1 << 24) // int(QMAX * QMAX)  # int8 x int8 products that float32 sums exactly (1040)
 
 
 def _text(value: object) -> str:
@@ -141,9 +143,9 @@ class _Runner:
         kernel = weight.reshape(out_c, -1, in_c)  # [O, K, I]
         if _text(attrs.get("precision")) == "int8":
             ranges = torch.tensor([float(r) for r in attrs["weight_dynamic_ranges"]])
-            qx = quantize(x.features, float(attrs["input_dynamic_range"])).double()
-            qw = quantize(kernel, ranges, axis=0).double()
-            acc = _gather_gemm_scatter(qx, qw, book.pairs, len(book.outputs.indices))
+            qx = quantize(x.features, float(attrs["input_dynamic_range"]))
+            qw = quantize(kernel, ranges, axis=0)
+            acc = _gather_gemm_scatter(qx, qw, book.pairs, len(book.outputs.indices), exact=True)
             scale = (float(attrs["input_dynamic_range"]) / QMAX) * (ranges.double() / QMAX)
             result = (acc * scale).float() + bias
         else:
@@ -214,12 +216,32 @@ class _Runner:
 
 
 def _gather_gemm_scatter(x: torch.Tensor, kernel: torch.Tensor, pairs: list[tuple[np.ndarray, np.ndarray]],
-                         out_points: int) -> torch.Tensor:
-    """sum over kernel offsets k: out[o] += kernel[:, k, :] @ x[i] for each pair (i, o) of offset k."""
-    out = torch.zeros(out_points, kernel.shape[0], dtype=x.dtype)
+                         out_points: int, exact: bool = False) -> torch.Tensor:
+    """sum over kernel offsets k: out[o] += kernel[:, k, :] @ x[i] for each pair (i, o) of offset k.
+
+    Each output reads at most one input per offset (true of SubM, strided and inverse convs), so the
+    pairs form a table [out_points, K] of input rows (a zero row where none); the sum is then a
+    matmul of the gathered [rows, K*I] block with the [K*I, O] kernel, in chunks of rows.
+    ``exact`` (integer-valued ``x`` and ``kernel`` in [-127, 127]): float32 matmuls over at most
+    ``EXACT_FP32`` products each (every partial sum is an integer below 2**24, so exact), added in
+    float64; the result is the exact integer accumulation, in float64.
+    """
+    out_c, taps, in_c = kernel.shape
+    table = np.full((out_points, taps), x.shape[0], dtype=np.int64)
     for k, (rows_in, rows_out) in enumerate(pairs):
-        if len(rows_in):
-            out.index_add_(0, torch.from_numpy(rows_out), x[torch.from_numpy(rows_in)] @ kernel[:, k, :].T)
+        table[rows_out, k] = rows_in
+    used = np.nonzero((table != x.shape[0]).any(0))[0]  # offsets that pair anything
+    table = torch.from_numpy(np.ascontiguousarray(table[:, used]))
+    wide = torch.float64 if exact and in_c > EXACT_FP32 else torch.float32
+    padded = torch.cat([x, x.new_zeros(1, in_c)]).to(wide)
+    matrix = kernel[:, torch.from_numpy(used), :].permute(1, 2, 0).reshape(-1, out_c).to(wide)
+    group = len(used) * in_c if not exact or wide == torch.float64 else max(1, EXACT_FP32 // in_c) * in_c
+    out = torch.zeros(out_points, out_c, dtype=torch.float64 if exact else torch.float32)
+    step = max(1, CHUNK_ELEMENTS // max(1, len(used) * in_c))
+    for start in range(0, out_points, step):
+        block = padded.index_select(0, table[start:start + step].reshape(-1)).reshape(-1, len(used) * in_c)
+        for col in range(0, block.shape[1], group):
+            out[start:start + step] += (block[:, col:col + group] @ matrix[col:col + group]).to(out.dtype)
     return out
 
 
