@@ -30,6 +30,14 @@ from ..quant import sparse
 from ..recipe.errors import RecipeError
 
 
+class MappingError(RecipeError):
+    """A wrong ``inputs``/``outputs`` mapping; ``key`` is the entry key it is about (for the location)."""
+
+    def __init__(self, key: str, message: str, hint: str | None = None):
+        self.key = key
+        super().__init__(message, hint=hint)
+
+
 class _ReadLog(dict):
     """A dict that remembers the keys read from it (``[]``, ``get``)."""
 
@@ -125,10 +133,11 @@ class TensorCall(nn.Module):
             try:
                 tensor = resolve(self.arguments, path, "the call")
             except KeyError as exc:
-                raise RecipeError(f"inputs.{name}: {path!r}: {exc.args[0]}", hint=self.input_hint()) from None
+                raise MappingError("inputs", f"inputs.{name}: {path!r}: {exc.args[0]}", hint=self.input_hint()) \
+                    from None
             if not isinstance(tensor, torch.Tensor):
-                raise RecipeError(f"inputs.{name}: {path!r} is a {type(tensor).__name__}, not a tensor",
-                                  hint=self.input_hint())
+                raise MappingError("inputs", f"inputs.{name}: {path!r} is a {type(tensor).__name__}, not a tensor",
+                                   hint=self.input_hint())
             self.tensors.append(tensor)
 
     def input_hint(self) -> str:
@@ -150,7 +159,7 @@ class TensorCall(nn.Module):
             try:
                 picked.append(resolve(result, path, "the output"))
             except KeyError as exc:
-                raise RecipeError(f"outputs: {path!r}: {exc.args[0]}", hint=output_hint(result)) from None
+                raise MappingError("outputs", f"outputs: {path!r}: {exc.args[0]}", hint=output_hint(result)) from None
         return tuple(picked)
 
     def unnamed_reads(self) -> list[str]:
@@ -185,7 +194,8 @@ def wrap_call(module: nn.Module, args: tuple, kwargs: dict, entry: Any) -> tuple
                               "and the tensors it gives: outputs: [KEY, ...]")
         return module, args, kwargs
     if not entry.inputs or not entry.outputs:
-        raise RecipeError("`inputs` and `outputs` go together: name both the tensors the file takes and gives")
+        raise MappingError("inputs" if not entry.inputs else "outputs",
+                           "`inputs` and `outputs` go together: name both the tensors the file takes and gives")
     wrapper = TensorCall(module, args, kwargs, entry.inputs, entry.outputs)
     return wrapper, tuple(wrapper.tensors), {}
 
@@ -195,6 +205,6 @@ def check_reads(wrapper: nn.Module) -> None:
     if isinstance(wrapper, TensorCall):
         unnamed = wrapper.unnamed_reads()
         if unnamed:
-            raise RecipeError(f"the module reads {', '.join(unnamed)}, which `inputs` does not name (it would be "
-                              "frozen into the file as a constant)",
-                              hint="add " + ", ".join(f"{p.rsplit('.', 1)[-1]}: {p}" for p in unnamed) + " to inputs")
+            raise MappingError("inputs", f"the module reads {', '.join(unnamed)}, which `inputs` does not name (it "
+                               "would be frozen into the file as a constant)",
+                               hint="add " + ", ".join(f"{p.rsplit('.', 1)[-1]}: {p}" for p in unnamed) + " to inputs")

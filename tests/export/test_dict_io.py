@@ -119,15 +119,15 @@ def test_missing_mapping_fails_before_calibration(write, tmp_path, no_calibratio
         assert f"r.yaml:{line}:" in message and f"export[{0 if missing == 'sparse' else 1}].module" in message
         assert "forward takes a dict; ONNX needs tensors" in message
         assert "hint: name the tensors it reads in the export entry, e.g. inputs: {voxel_features: " \
-               "batch_dict.voxel_features" in message or "inputs: {voxel_features: batch_dict.voxel_features" \
-               in message
+               "batch_dict.voxel_features, voxel_coords: batch_dict.voxel_coords" in message
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_unnamed_tensor_read_is_an_error(write, no_calibration) -> None:
     partial = ", inputs: {voxel_features: batch_dict.voxel_features}, outputs: [spatial_features]"
     path = write("r.yaml", RECIPE + SPARSE % partial)
-    with pytest.raises(RecipeError, match=r"(?s)reads batch_dict\.voxel_coords, which `inputs` does not name.*"
+    with pytest.raises(RecipeError, match=r"(?s)r\.yaml:15:\d+: export\[0\]\.inputs: .*reads batch_dict\.voxel_coords, "
+                                          r"which `inputs` does not name.*"
                                           r"hint: add voxel_coords: batch_dict\.voxel_coords"):
         plan_recipe(load_recipe(path))
     wrong = ", inputs: {voxel_features: batch_dict.features}, outputs: [spatial_features]"
@@ -148,3 +148,11 @@ def test_mapped_dict_modules_export_and_verify(write, tmp_path) -> None:
     assert head["output_names"] == ["heatmap"]
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [e["path"] for e in on_disk["exports"]] == ["scn.onnx", "head.onnx"]
+
+
+def test_wrong_output_path_is_located(write, no_calibration) -> None:
+    wrong = ", inputs: {voxel_features: batch_dict.voxel_features, voxel_coords: batch_dict.voxel_coords}, " \
+            "outputs: [spatial]"
+    with pytest.raises(RecipeError, match=r"(?s)r\.yaml:15:\d+: export\[0\]\.outputs: .*'spatial': the output has no "
+                                          r"key 'spatial'.*hint: tensors of the output: .*spatial_features"):
+        plan_recipe(load_recipe(write("r.yaml", RECIPE + SPARSE % wrong)))
