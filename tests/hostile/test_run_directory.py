@@ -18,7 +18,6 @@ import pytest
 from click.testing import CliRunner
 
 from recipe_engine.cli import main
-from recipe_engine.util.rundir import RunDirectory
 from tests.hostile.common import (
     RECIPE,
     ROOT,
@@ -83,6 +82,8 @@ def test_kill_9_leaves_the_previous_run_and_the_next_run_records_and_cleans(tmp_
     _kill(process)
     assert snapshot(out) == before  # the previous complete run, untouched
     assert staging.is_dir() and (out.parent / ".x.lock").is_file()
+
+    from recipe_engine.util.rundir import RunDirectory
 
     run_dir = RunDirectory(out)  # the next run: takes the stale lock over and records the killed run
     run_dir.open("probe")
