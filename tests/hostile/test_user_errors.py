@@ -256,3 +256,17 @@ def test_prepare_follows_the_recipes_forward_and_data_on_zoo_centerpoint() -> No
     state = model.recipe_state
     amax = [backend.get_amax(q) for _, q in state.unique()]
     assert len(amax) > 10 and all(a is not None and float(a.max()) > 0 for a in amax)
+
+
+def test_zoo_checkpoint_errors_are_recipe_errors(tmp_path) -> None:
+    from torch import nn
+
+    from recipe_engine.zoo.checkpoint import load_into
+
+    with pytest.raises(RecipeError, match="does not fit Linear: missing weight"):
+        load_into(nn.Linear(2, 2), "digits")
+    with pytest.raises(RecipeError, match="not found"):
+        load_into(nn.Linear(2, 2), tmp_path / "nothing.pt")
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(RecipeError, match="is not a zoo checkpoint"):
+        load_into(nn.Linear(2, 2), tmp_path / "list.pt")
