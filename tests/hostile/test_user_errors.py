@@ -226,6 +226,8 @@ def test_nproc_reports_one_line_per_failed_rank(tmp_path) -> None:
                      done.stderr), done.stderr
     assert re.search(r"rank 0: stopped", done.stderr), done.stderr
     assert "ChildFailedError" not in done.stderr
+    assert not (tmp_path / "out").exists()  # no complete run is claimed; rank 0 kept the failed record
+    assert_failed_record(tmp_path / "out.failed")
 
 
 def test_nproc_children_do_not_import_from_the_working_directory(tmp_path) -> None:
