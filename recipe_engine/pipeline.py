@@ -305,6 +305,8 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: 
         try:
             with confined(run_dir.staging):
                 metrics = _run_recipe(loaded, run_dir.staging, show_progress, resume, record)
+            if distributed.is_main():
+                run_dir.commit()  # while still holding the lock
         except BaseException as exc:
             if distributed.is_main():
                 record_failure(run_dir, loaded, record, exc)
@@ -312,8 +314,6 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: 
         finally:
             if distributed.is_main():
                 run_dir.close()
-        if distributed.is_main():
-            run_dir.commit()
         return metrics
     finally:
         distributed.shutdown(created)

@@ -89,7 +89,7 @@ def report_rank_error(message: str, peer_hint: str = "") -> None:
     entry = {"rank": rank, "message": message, "time": time.time(),
              "peer": any(word in text for word in _PEER_WORDS)}
     if entry["peer"]:
-        entry["message"] = f"lost contact with another rank ({message.splitlines()[0]})"
+        entry["message"] = f"stopped: lost contact with another rank ({message.split(':')[0]})"
     folder = Path(os.environ[ERRORS_ENV])
     tmp = folder / f".rank{rank}.json.tmp"
     tmp.write_text(json.dumps(entry), encoding="utf-8")

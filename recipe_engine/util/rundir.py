@@ -161,6 +161,7 @@ class RunDirectory:
             raise _wrap_os(exc, str(self.lock.path)) from None
         try:
             self._repair()
+            self._check_replaceable()
             self.staging.mkdir()
         except OSError as exc:
             self.lock.release()
@@ -169,6 +170,13 @@ class RunDirectory:
             self.lock.release()
             raise
         return self.staging
+
+    def _check_replaceable(self) -> None:
+        """A complete run replaces ``target`` as a whole: refuse a directory that is not a run directory."""
+        if self.target.is_dir() and any(self.target.iterdir()) and not (self.target / "recipe.lock.yaml").is_file():
+            raise RecipeError(f"--out {self.target} is not empty and is not a run directory (no recipe.lock.yaml); "
+                              "a run replaces its directory as a whole",
+                              hint="choose a new or empty --out directory")
 
     def _repair(self) -> None:
         if self.ready.exists():  # killed between the commit rename and the move into place
@@ -307,6 +315,8 @@ def record_failure(run_dir: RunDirectory, loaded: LoadedRecipe, record: RunRecor
     else:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     metrics = {**record.metrics, "status": "failed", "failure": {"stage": record.stage, "error": text}}
+    if not run_dir.staging.is_dir():  # the commit had begun: the next run finishes it
+        return
     try:
         with confined(run_dir.staging):
             atomic_write_text(run_dir.staging / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")

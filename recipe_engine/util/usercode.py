@@ -23,13 +23,16 @@ _HIDDEN = tuple({Path(p).resolve() for p in (sysconfig.get_paths()["stdlib"], sy
 MAX_FRAMES = 6
 
 
-def _torch_dir() -> Path | None:
-    try:
-        import torch
+def _library_dirs() -> list[Path]:
+    """torch and pytorch-quantization: the quantized layers there are the engine's, not the user's."""
+    import importlib.util
 
-        return Path(torch.__file__).resolve().parent
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return None
+    found = []
+    for name in ("torch", "pytorch_quantization"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            found.append(Path(spec.origin).resolve().parent)
+    return found
 
 
 def _is_engine(path: Path) -> bool:
@@ -39,8 +42,7 @@ def _is_engine(path: Path) -> bool:
 def _is_hidden(path: Path) -> bool:
     if _is_engine(path):
         return True
-    torch_dir = _torch_dir()
-    if torch_dir is not None and torch_dir in path.parents:
+    if any(d in path.parents for d in _library_dirs()):
         return True
     return any(d in path.parents for d in _HIDDEN) and "site-packages" not in path.parts
 

@@ -18,7 +18,6 @@ import pytest
 from click.testing import CliRunner
 
 from recipe_engine.cli import main
-from recipe_engine.util.rundir import RunDirectory
 from tests.hostile.common import (
     RECIPE,
     ROOT,
@@ -83,6 +82,8 @@ def test_kill_9_leaves_the_previous_run_and_the_next_run_records_and_cleans(tmp_
     _kill(process)
     assert snapshot(out) == before  # the previous complete run, untouched
     assert staging.is_dir() and (out.parent / ".x.lock").is_file()
+
+    from recipe_engine.util.rundir import RunDirectory
 
     run_dir = RunDirectory(out)  # the next run: takes the stale lock over and records the killed run
     run_dir.open("probe")
@@ -227,3 +228,31 @@ def test_qat_checkpoint_of_another_recipe_is_kept_unless_overwrite(tmp_path) -> 
     forced = CliRunner().invoke(main, ["run", str(other), "--out", str(out), "--overwrite"])
     assert forced.exit_code == 0, forced.output
     assert json.loads((out / "metrics.json").read_text())["qat_steps"] == 4
+
+
+def test_qat_killed_mid_training_resumes_from_its_failed_record(tmp_path) -> None:
+    from tests.train.common import recipe
+
+    data = recipe(steps=6, checkpoint_every=2, log_every=1)
+    data["data"]["train"] = {"factory": "tests.hostile.usercode:blocking_train", "kwargs": {"count": 8, "at": 3}}
+    path = write_recipe(tmp_path, data, "qat.yaml")
+    out = tmp_path / "runs" / "q"
+    process, _ = _start_blocked(tmp_path, path, out)
+    _kill(process)  # killed at step 3, after the checkpoint of step 2
+    assert not out.exists() and (out.parent / ".q.staging" / "qat_checkpoint.pt").is_file()
+    done = run_cli("run", str(path), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "was killed before it finished" in done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["qat_resumed_from_step"] == 2 and metrics["qat_steps"] == 6
+    assert sorted(p.name for p in out.parent.iterdir()) == ["q"]
+
+
+def test_a_directory_that_is_not_a_run_directory_is_never_replaced(tmp_path) -> None:
+    precious = tmp_path / "project"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    done = CliRunner().invoke(main, ["run", str(write_recipe(tmp_path)), "--out", str(precious)])
+    assert done.exit_code == 1 and "is not a run directory" in done.output
+    assert snapshot(precious) == {"notes.txt": snapshot(precious)["notes.txt"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.yaml", "project"]

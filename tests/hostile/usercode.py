@@ -63,3 +63,26 @@ def blocking_data(count: int = 3, at: int = 1):
 
 def dense_model():
     return build_dense()
+
+
+class _BlockingTrain:
+    """QAT batches that touch ``$READY_FILE`` and sleep at batch ``at`` (after a checkpoint), to be killed."""
+
+    def __init__(self, count: int, at: int):
+        from tests.train.models import regression_data
+
+        self.batches, self.at = regression_data(count, seed=1), at
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for index, batch in enumerate(self.batches):
+            if index == self.at and os.environ.get("READY_FILE"):
+                Path(os.environ["READY_FILE"]).write_text(str(os.getpid()))
+                time.sleep(120)
+            yield batch
+
+
+def blocking_train(count: int = 8, at: int = 3):
+    return _BlockingTrain(count, at)
