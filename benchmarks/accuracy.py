@@ -336,7 +336,7 @@ def dense_parts(results: dict[str, ModelResult], settings: Settings) -> list[Den
     calib = first(data_mod.make_data(loaded, "calibration"), loaded.spec.calibration.batches)
     val = data_mod.make_data(loaded, "validation")
     with quiet():
-        engine = load_quantized(results["digits"].ptq.out / "model.pt")
+        engine = load_quantized(results["digits"].ptq.out / "model.pt", model=digits.build(pretrained=True))
     parts.append(DensePart("digits (whole network)", digits.build(pretrained=True), "x",
                            [b["image"] for b in calib], val, lambda m: digits.evaluate(m, val)["top1"], engine,
                            f"recipe: {loaded.spec.calibration.method} (image input: max)"))
@@ -352,7 +352,8 @@ def dense_parts(results: dict[str, ModelResult], settings: Settings) -> list[Den
     cached_val = [{"bev_features": f, "gt_cls": b["gt_cls"], "gt_center": b["gt_center"]}
                   for f, b in zip(val_bev, val_batches, strict=True)]
     with quiet():
-        engine = load_quantized(results["centerpoint"].ptq.out / "model.pt")
+        engine = load_quantized(results["centerpoint"].ptq.out / "model.pt",
+                                centerpoint.build(pretrained=True))
     full = results["centerpoint"].ptq
     part = DensePart("CenterPoint bev (FP32 sparse encoder)", model.bev, "bev_features", calib_bev, cached_val,
                      detector_evaluator(cached_val), engine.bev, f"recipe: {loaded.spec.calibration.method}")

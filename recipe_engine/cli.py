@@ -23,16 +23,32 @@ class RecipeGroup(click.Group):
     """A click group that turns user errors into a message and exit code 1 (traceback with --debug)."""
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
+        from .train import launch
+
+        rank_child = launch.under_launch()  # a rank of `recipe run --nproc`: the parent prints the errors
+        if rank_child:
+            launch.install_sigterm_handler()
         try:
             return super().invoke(ctx)
         except RecipeError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc.format()}" if not exc.diagnostics else exc.format(), err=True)
+            text = f"error: {exc.format()}" if not exc.diagnostics else exc.format()
+            if rank_child:
+                launch.report_rank_error(text)
+            else:
+                click.echo(text, err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - under --nproc every rank's failure is one line
+            if not rank_child or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            import traceback
+
+            launch.report_rank_error("".join(traceback.format_exception_only(type(exc), exc)).strip())
+            sys.exit(1)
 
 
 @click.group(cls=RecipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -179,21 +195,28 @@ def plan(recipe_file: str, overrides: tuple[str, ...], as_json: bool) -> None:
 @click.option("--resume/--no-resume", default=None,
               help="QAT: continue from the run directory's checkpoint (--resume requires one). Default: resume "
                    "automatically when it holds a checkpoint of the same recipe (sha256).")
+@click.option("--overwrite", is_flag=True,
+              help="Allow this run to replace a QAT checkpoint of another recipe in the run directory.")
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Run on N local processes under torchrun (gloo on CPU, nccl on GPU).")
 @click.pass_context
 def run(ctx: click.Context, recipe_file: str, overrides: tuple[str, ...], out_dir: Path | None,
-        resume: bool | None, nproc: int | None) -> None:
-    """Run the whole pipeline: fuse, quantize, calibrate, evaluate, [QAT,] save, export."""
+        resume: bool | None, overwrite: bool, nproc: int | None) -> None:
+    """Run the whole pipeline: fuse, quantize, calibrate, evaluate, [QAT,] save, export.
+
+    The run is built next to the run directory and moved into place when it completes; a failed
+    run leaves its record (metrics.json, report.md, files so far) in <run directory>.failed.
+    """
     from .recipe import load_recipe
+    from .util.rundir import safe_dir_name
 
     loaded = load_recipe(recipe_file, overrides)
-    target = out_dir or Path("runs") / loaded.spec.recipe.replace("/", "_")
+    target = out_dir or Path("runs") / safe_dir_name(loaded.spec.recipe)
     if nproc is not None:
         from .train.distributed import launch
 
         args = [*(["--debug"] if ctx.obj.get("debug") else []), "run", recipe_file, "--out", str(target),
-                *(f"--set={o}" for o in overrides)]
+                *(f"--set={o}" for o in overrides), *(["--overwrite"] if overwrite else [])]
         if resume is not None:
             args.append("--resume" if resume else "--no-resume")
         sys.exit(launch(nproc, args))
@@ -201,7 +224,7 @@ def run(ctx: click.Context, recipe_file: str, overrides: tuple[str, ...], out_di
     from .pipeline import run_recipe
     from .train.distributed import is_main
 
-    metrics = run_recipe(loaded, target, resume=resume)
+    metrics = run_recipe(loaded, target, resume=resume, overwrite=overwrite)
     if not is_main():
         return
     click.echo(f"run directory: {target}")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from .recipe.errors import RecipeError
 from .recipe.loader import LoadedRecipe
 from .recipe.schema import FactoryRef
 from .util.imports import import_callable
+from .util.usercode import call_user, located
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
@@ -23,34 +25,86 @@ def default_forward(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
+def _import(loaded: LoadedRecipe, key: tuple, reference: str, what: str) -> Callable:
+    try:
+        return import_callable(reference, what=what)
+    except RecipeError as exc:
+        raise loaded.error(key, exc.headline.removeprefix(f"{what} "), hint=exc.hint) from exc
+
+
 def build_model(loaded: LoadedRecipe) -> nn.Module:
     """Build the FP32 model from ``model.factory`` and load ``model.checkpoint`` (weights only)."""
     section = loaded.spec.model
     if section is None:
         raise loaded.error(("model",), "this recipe has no `model:` section",
                            hint="add model: {factory: package.module:build}")
-    factory = import_callable(section.factory, what="model.factory")
+    factory = _import(loaded, ("model", "factory"), section.factory, "model.factory")
     try:
         model = factory(**section.kwargs)
     except TypeError as exc:
+        if not _rejected_kwargs(exc):
+            raise located(loaded, ("model", "factory"), exc, section.factory) from exc
         raise loaded.error(("model", "kwargs"), f"{section.factory} rejected its kwargs: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
+        raise located(loaded, ("model", "factory"), exc, section.factory) from exc
     if not isinstance(model, nn.Module):
         raise loaded.error(("model", "factory"), f"{section.factory} returned {type(model).__name__}, not an nn.Module")
     if section.checkpoint:
-        path = loaded.resolve_path(section.checkpoint, "model", "checkpoint")
-        if not path.is_file():
-            raise loaded.error(("model", "checkpoint"), f"checkpoint {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - unpickling errors are the file's fault
-            raise loaded.error(("model", "checkpoint"), f"cannot load {path} with weights_only=True: {exc}",
-                               hint="save checkpoints as plain state dicts (tensors, dicts, numbers)") from None
-        if section.checkpoint_key:
-            state = state[section.checkpoint_key]
-        missing, unexpected = model.load_state_dict(state, strict=section.strict)
-        del missing, unexpected
+        load_checkpoint_into(loaded, model)
     model.eval()
     return model
+
+
+def _rejected_kwargs(exc: TypeError) -> bool:
+    """True for the TypeError of a call with wrong keyword arguments (not one raised inside the callee)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return len(frames) <= 1 and ("argument" in str(exc))
+
+
+def load_checkpoint_into(loaded: LoadedRecipe, model: nn.Module) -> None:
+    """Load ``model.checkpoint`` (weights only, ``checkpoint_key``, ``strict``) with located errors."""
+    section = loaded.spec.model
+    key = ("model", "checkpoint")
+    path = loaded.resolve_path(section.checkpoint, "model", "checkpoint")
+    if not path.is_file():
+        raise loaded.error(key, f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors are the file's fault
+        raise loaded.error(key, f"cannot load {path} with weights_only=True: {exc}",
+                           hint="save checkpoints as plain state dicts (tensors, dicts, numbers)") from None
+    if section.checkpoint_key:
+        if not isinstance(state, dict) or section.checkpoint_key not in state:
+            keys = ", ".join(sorted(map(str, state))[:12]) if isinstance(state, dict) else type(state).__name__
+            raise loaded.error(("model", "checkpoint_key"), f"{path} has no key {section.checkpoint_key!r}",
+                               hint=f"its top-level keys: {keys}")
+        state = state[section.checkpoint_key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        nested = [k for k, v in state.items() if isinstance(v, dict)] if isinstance(state, dict) else []
+        hint = (f"set model.checkpoint_key to one of: {', '.join(map(str, nested))}" if nested
+                else "a checkpoint is a state dict: {parameter name: tensor}")
+        raise loaded.error(key, f"{path} holds a {type(state).__name__}, not a state dict", hint=hint)
+    own = model.state_dict()
+    mismatched = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in state.items()
+                  if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} tensor(s) of another shape: {_few(mismatched)}")
+    if section.strict and missing:
+        problems.append(f"{len(missing)} missing key(s): {_few(missing)}")
+    if section.strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected)}")
+    if problems:
+        raise loaded.error(key, f"{path} does not fit the model: " + "; ".join(problems),
+                           hint="check model.kwargs against the checkpoint, or set model.strict: false to load the "
+                                "matching keys only" if not mismatched else "check model.kwargs against the checkpoint")
+    model.load_state_dict(state, strict=section.strict)
+
+
+def _few(items: list[str], limit: int = 4) -> str:
+    return ", ".join(items[:limit]) + (f", ... (+{len(items) - limit})" if len(items) > limit else "")
 
 
 def make_data(loaded: LoadedRecipe, split: str) -> Any:
@@ -60,30 +114,59 @@ def make_data(loaded: LoadedRecipe, split: str) -> Any:
         raise loaded.error(("data",), "this recipe has no `data:` section",
                            hint="add data: {calibration: {factory: package.module:make_batches}}")
     ref: FactoryRef | None = getattr(section, split)
+    key_split = split
     if ref is None:
         if split == "validation":
-            ref = section.calibration
+            ref, key_split = section.calibration, "calibration"
         else:
             raise loaded.error(("data", split), f"data.{split} is not set")
-    factory = import_callable(ref.factory, what=f"data.{split}.factory")
+    key = ("data", key_split, "factory")
+    factory = _import(loaded, key, ref.factory, f"data.{key_split}.factory")
     try:
         return factory(**ref.kwargs)
     except TypeError as exc:
-        raise loaded.error(("data", split, "kwargs"), f"{ref.factory} rejected its kwargs: {exc}") from None
+        if not _rejected_kwargs(exc):
+            raise located(loaded, key, exc, ref.factory) from exc
+        raise loaded.error(("data", key_split, "kwargs"), f"{ref.factory} rejected its kwargs: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
+        raise located(loaded, key, exc, ref.factory) from exc
 
 
 def forward_fn(loaded: LoadedRecipe) -> Callable[[nn.Module, Any], Any]:
+    """The recipe's ``data.forward`` (default: ``model(**batch)``-style); its errors are located."""
     section = loaded.spec.data
     if section is None or section.forward is None:
-        return default_forward
-    return import_callable(section.forward, what="data.forward")
+        key, what, forward = (("data", "calibration") if section else ("model",)), "model(batch)", default_forward
+    else:
+        key, what = ("data", "forward"), section.forward
+        forward = _import(loaded, key, section.forward, "data.forward")
+
+    def run(model: nn.Module, batch: Any) -> Any:
+        return call_user(loaded, key, what, forward, model, batch)
+
+    return run
 
 
 def evaluate_fn(loaded: LoadedRecipe) -> Callable[[nn.Module, Any], dict] | None:
+    """The recipe's ``data.evaluate``; errors and results that are not a dict of numbers are located."""
     section = loaded.spec.data
     if section is None or section.evaluate is None:
         return None
-    return import_callable(section.evaluate, what="data.evaluate")
+    key, what = ("data", "evaluate"), section.evaluate
+    evaluate = _import(loaded, key, section.evaluate, "data.evaluate")
+
+    def run(model: nn.Module, batches: Any) -> dict[str, float]:
+        result = call_user(loaded, key, what, evaluate, model, batches)
+        if not isinstance(result, Mapping):
+            raise loaded.error(key, f"{what} returned {type(result).__name__}; expected a dict of numbers like "
+                               "{'mAP': 61.2}")
+        try:
+            return {str(k): float(v) for k, v in result.items()}
+        except (TypeError, ValueError) as exc:
+            raise loaded.error(key, f"{what} returned a value that is not a number: {exc}",
+                               hint="return a dict of numbers like {'mAP': 61.2}") from None
+
+    return run
 
 
 def run_evaluate(evaluate: Callable, model: nn.Module, batches: Any) -> dict[str, float]:
@@ -95,6 +178,33 @@ def run_evaluate(evaluate: Callable, model: nn.Module, batches: Any) -> dict[str
             result = evaluate(model, batches)
     finally:
         model.train(was_training)
-    if not isinstance(result, dict):
+    if not isinstance(result, Mapping):
         raise RecipeError(f"data.evaluate returned {type(result).__name__}; expected a dict like {{'mAP': 61.2}}")
     return {str(k): float(v) for k, v in result.items()}
+
+
+class _RecipeData:
+    """The recipe's ``data.calibration`` batches, built on first use (many calls never need them)."""
+
+    def __init__(self, loaded: LoadedRecipe):
+        self.loaded = loaded
+        self.data: Any = None
+
+    def __iter__(self):
+        if self.data is None:
+            self.data = make_data(self.loaded, "calibration")
+        return iter(self.data)
+
+
+def recipe_forward(loaded: LoadedRecipe, forward: Callable | None = None) -> Callable:
+    """``forward`` if given, else the recipe's ``data.forward`` (else ``model(**batch)``-style)."""
+    return forward or forward_fn(loaded)
+
+
+def recipe_batches(loaded: LoadedRecipe, batches: Iterable | None = None) -> Iterable | None:
+    """``batches`` if given, else the recipe's calibration data (None when the recipe has none)."""
+    if batches is not None:
+        return batches
+    if loaded.spec.data is None or loaded.spec.data.calibration is None:
+        return None
+    return _RecipeData(loaded)

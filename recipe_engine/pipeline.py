@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -27,7 +28,9 @@ from .recipe.errors import RecipeError
 from .recipe.loader import LoadedRecipe, load_recipe, load_recipe_data
 from .recipe.lock import lock_text
 from .recipe.schema import Recipe
-from .util.atomic import atomic_save, atomic_write_text
+from .util.atomic import atomic_save, atomic_write_text, confined
+from .util.imports import imports_refused
+from .util.rundir import RunDirectory, RunRecord, open_for_recipe, record_failure
 
 MODEL_FILE_FORMAT = "recipe-engine/model/1"
 
@@ -66,12 +69,19 @@ def apply(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches:
     """Fuse (phase before_calibration) and insert quantizers into ``model`` in place.
 
     ``batches`` (calibration data) is needed once to discover op sites when the recipe has
-    ``ops:`` rules; ``op_sites`` from a saved model replaces that discovery.
+    ``ops:`` rules; ``op_sites`` from a saved model replaces that discovery. Without ``batches``
+    the recipe's ``data.calibration`` is used, without ``forward`` its ``data.forward``.
     """
+    loaded = as_loaded(recipe)
+    if op_sites is None:
+        batches = data_mod.recipe_batches(loaded, batches)
+    return _apply(model, loaded, batches, data_mod.recipe_forward(loaded, forward), op_sites)
+
+
+def _apply(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | None, forward: Callable,
+           op_sites: dict[str, list[str]] | None) -> QuantState:
     from .fuse import apply_fusions
 
-    loaded = as_loaded(recipe)
-    forward = forward or data_mod.default_forward
     with loaded.located():
         fused = apply_fusions(model, loaded.spec, phase="before_calibration")
         state = apply_quantization(model, loaded.spec, op_sites=op_sites,
@@ -80,20 +90,32 @@ def apply(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches:
     return state
 
 
-def calibrate(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches: Iterable,
+def calibrate(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches: Iterable | None = None,
               forward: Callable | None = None, show_progress: bool = True) -> CalibrationResult:
-    """Collect statistics on ``batches``, set every amax, then switch off the recipe's ``disable`` list."""
+    """Collect statistics on ``batches``, set every amax, then switch off the recipe's ``disable`` list.
+
+    Without ``batches`` the recipe's ``data.calibration`` is used, without ``forward`` its ``data.forward``.
+    """
     loaded = as_loaded(recipe)
-    result = _calibrate_state(model, batches, loaded.spec.calibration, forward, show_progress)
+    batches = data_mod.recipe_batches(loaded, batches)
+    if batches is None:
+        raise RecipeError("calibrate: pass batches= (the recipe has no data.calibration)")
+    result = _calibrate_state(model, batches, loaded.spec.calibration, data_mod.recipe_forward(loaded, forward),
+                              show_progress)
     with loaded.located():
         disable_matching(get_state(model), loaded.spec.disable)
     return result
 
 
-def prepare(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches: Iterable,
+def prepare(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches: Iterable | None = None,
             forward: Callable | None = None) -> nn.Module:
-    """Fused, quantized and calibrated ``model`` (in place), ready for a user's own training loop."""
+    """Fused, quantized and calibrated ``model`` (in place), ready for a user's own training loop.
+
+    Without ``batches``/``forward`` the recipe's ``data.calibration``/``data.forward`` are used.
+    """
     loaded = as_loaded(recipe)
+    batches = data_mod.recipe_batches(loaded, batches)
+    forward = data_mod.recipe_forward(loaded, forward)
     apply(model, loaded, batches, forward)
     calibrate(model, loaded, batches, forward)
     return model
@@ -124,27 +146,51 @@ def _recipe_from_lock(text: str) -> LoadedRecipe:
         os.unlink(handle.name)
 
 
-def load_quantized(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, *,
+                   factory: Callable[[], nn.Module] | None = None, trust_recipe: bool = False) -> nn.Module:
     """Rebuild a quantized model from ``model.pt`` without calibrating and without a GPU.
 
-    The recipe lock inside the file is re-applied to ``model`` (or to a fresh model from the
-    recipe's factory), then the saved weights and amax values are loaded.
+    Loading a file never imports or calls anything the file names: pass the FP32 model (``model=``)
+    or a callable that builds it (``factory=``). The recipe lock inside the file is re-applied to it
+    (fusions, quantizers, share groups), then the saved weights and amax values are loaded. The
+    lock's selector and fusion types may only name modules that are already imported (your model's
+    own classes are) or the engine's own packages; any other module is refused, not imported.
+    ``trust_recipe=True`` lifts both rules for a file you trust: the model is built by calling the
+    lock's ``model.factory`` and the lock may import what it names; what it will import is logged first.
     """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is the file's fault
+        raise RecipeError(f"{path}: cannot read it with weights_only=True: {exc}") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
         raise RecipeError(f"{path}: not a recipe-engine model file (format {MODEL_FILE_FORMAT})")
     loaded = _recipe_from_lock(payload["lock"])
+    spec = loaded.spec
+    if trust_recipe:
+        import logging
+
+        logging.getLogger("recipe_engine").warning(
+            "load_quantized(%s, trust_recipe=True) may import and run: %s", path, ", ".join(spec.factories()) or "-")
+    if model is None and factory is not None:
+        model = factory()
     if model is None:
-        spec = loaded.spec
+        if not trust_recipe:
+            named = f" (its recipe names model.factory {spec.model.factory})" if spec.model else ""
+            raise RecipeError(f"{path}: pass the model to rebuild{named}",
+                              hint="load_quantized(path, model=build_my_model()) or factory=build_my_model; "
+                                   "trust_recipe=True calls the file's own factory (only for files you trust)")
         if spec.model is None:
             raise RecipeError(f"{path}: the recipe has no model factory; pass model=")
         from .util.imports import import_callable
 
         model = import_callable(spec.model.factory, what="model.factory")(**spec.model.kwargs)
-    apply(model, loaded, op_sites=payload["op_sites"])
+    if not isinstance(model, nn.Module):
+        raise RecipeError(f"{path}: model= must be an nn.Module, got {type(model).__name__}")
+    guard = contextlib.nullcontext() if trust_recipe else imports_refused(f"{path}'s recipe")
+    with guard:
+        _apply(model, loaded, None, data_mod.default_forward, payload["op_sites"])
     cpu_compat.load_state_dict(model, payload["state_dict"], strict=True)  # amax restored on CPU
     state = get_state(model)
     for name in payload["disabled"]:
@@ -212,6 +258,10 @@ def plan_recipe(loaded: LoadedRecipe) -> PlanResult:
     result.quantizers = {name: backend.quantizer_summary(q) for name, q in state.quantizers.items()}
     result.shares = state.groups
     result.disabled = state.disabled
+    if loaded.spec.export:
+        from .export.precheck import check_exports
+
+        check_exports(model, loaded, batches, forward, quantized=True)  # fails here, located, when not exportable
     return result
 
 
@@ -227,56 +277,107 @@ def _check_supported(loaded: LoadedRecipe) -> None:
 
 
 def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: bool = True,
-               resume: bool | None = None) -> dict:
+               resume: bool | None = None, overwrite: bool = False) -> dict:
     """The whole ``recipe run``: returns the metrics written to ``metrics.json``.
 
-    Under torchrun every rank runs it (calibrating and training its shard); rank 0 alone writes
-    files. ``resume`` is passed to QAT (None: resume from a checkpoint of the same recipe if any).
+    The run is built in a staging directory next to ``out_dir`` and moved into place when it
+    completes (``util/rundir.py``); a failed run leaves ``<out_dir>.failed`` instead. Under torchrun
+    every rank runs it (calibrating and training its shard); rank 0 alone writes files. ``resume`` is
+    passed to QAT (None: resume from a checkpoint of the same recipe if any). ``overwrite`` allows
+    replacing a QAT checkpoint of another recipe.
     """
     from .train import distributed
 
     created = distributed.init_from_env()
     try:
-        return _run_recipe(loaded, out_dir, show_progress, resume)
+        run_dir = RunDirectory(out_dir)
+        problem = None
+        if distributed.is_main():
+            try:
+                _check_supported(loaded)
+                open_for_recipe(run_dir, loaded, resume, overwrite)
+            except RecipeError as exc:
+                problem = exc
+        problem = distributed.broadcast_object(problem)
+        if problem is not None:
+            raise problem
+        record = RunRecord()
+        try:
+            with confined(run_dir.staging):
+                metrics = _run_recipe(loaded, run_dir.staging, show_progress, resume, record)
+            if distributed.is_main():
+                run_dir.commit()  # while still holding the lock
+        except BaseException as exc:
+            if distributed.is_main():
+                record_failure(run_dir, loaded, record, exc)
+            raise
+        finally:
+            if distributed.is_main():
+                run_dir.close()
+        return metrics
     finally:
         distributed.shutdown(created)
 
 
-def _run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: bool,
-                resume: bool | None) -> dict:
+def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bool | None,
+                record: RunRecord) -> dict:
     from .train import distributed
 
-    _check_supported(loaded)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     spec = loaded.spec
     timings: dict[str, float] = {}
     started = time.perf_counter()
     if distributed.is_main():
         atomic_write_text(out / "recipe.lock.yaml", lock_text(spec, [str(f) for f in loaded.files]))
 
+    record.stage = "model"
     model = data_mod.build_model(loaded)
+    record.stage = "data"
     calib_batches = data_mod.make_data(loaded, "calibration")
     forward = data_mod.forward_fn(loaded)
     evaluate = data_mod.evaluate_fn(loaded)
-    metrics: dict[str, Any] = {"recipe": spec.recipe, "version": spec.version, "sha256": loaded.sha256}
+    if spec.export:
+        from .export.precheck import check_exports
+
+        check_exports(model, loaded, calib_batches, forward, on_copy=True)  # before any calibration
+    metrics: dict[str, Any] = record.metrics
+    metrics.update({"recipe": spec.recipe, "version": spec.version, "sha256": loaded.sha256})
+    metrics["timings"] = timings
 
     val_batches = None
     if evaluate is not None:
+        record.stage = "evaluate_fp32"
         val_batches = data_mod.make_data(loaded, "validation")
         tick = time.perf_counter()
         metrics["fp32"] = data_mod.run_evaluate(evaluate, model, val_batches)
         timings["evaluate_fp32_seconds"] = time.perf_counter() - tick
 
+    record.stage = "apply"
     tick = time.perf_counter()
     state = apply(model, loaded, calib_batches, forward)
     timings["apply_seconds"] = time.perf_counter() - tick
+    record.stage = "calibration"
     shard = distributed.calibration_shard(model, calib_batches, spec.calibration.batches, forward)
     result = calibrate(model, loaded, shard, forward, show_progress)
     metrics["calibration_seconds"] = result.seconds
     metrics["calibration_batches"] = result.batches
 
+    def summarize() -> None:
+        metrics["quantizers"] = state.enabled_count()
+        metrics["disabled"] = len({id(state.quantizers[n]) for n in state.disabled})
+        metrics["shared_groups"] = len(state.groups)
+        metrics["fused"] = len(state.fused)
+        metrics["amax"] = result.amax
+
+    def report() -> Any:
+        from .analyze.report import write_report
+
+        summarize()
+        return write_report(model, loaded, out, metrics, next(iter(calib_batches)), forward)
+
+    summarize()
+    record.report = report
     if evaluate is not None:
+        record.stage = "evaluate_int8"
         tick = time.perf_counter()
         metrics["int8"] = data_mod.run_evaluate(evaluate, model, val_batches)
         timings["evaluate_int8_seconds"] = time.perf_counter() - tick
@@ -284,6 +385,7 @@ def _run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress:
     if spec.tune is not None:
         from .analyze.runner import run_tune
 
+        record.stage = "tune"
         tick = time.perf_counter()
         metrics["tune"] = run_tune(model, loaded, out, calib_batches, val_batches, forward, evaluate,
                                    metrics.get("fp32"))
@@ -294,31 +396,29 @@ def _run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress:
     if spec.qat is not None:
         from .train.qat import run_qat
 
+        record.stage = "qat"
         qat_metrics = run_qat(model, loaded, out, forward=forward, evaluate=evaluate, val_batches=val_batches,
                               resume=resume, show_progress=show_progress)
         metrics.update(qat_metrics)
     if not distributed.is_main():
         return metrics  # rank 0 alone writes the model, exports, metrics and report
 
+    record.stage = "save"
     save_quantized(model, out / "model.pt", loaded)
-    metrics["quantizers"] = state.enabled_count()
-    metrics["disabled"] = len({id(state.quantizers[n]) for n in state.disabled})
-    metrics["shared_groups"] = len(state.groups)
-    metrics["fused"] = len(state.fused)
-    metrics["amax"] = result.amax
+    summarize()
 
     exports: list[dict] = []
     if spec.export:
         from .export.runner import run_exports
 
+        record.stage = "export"
         tick = time.perf_counter()
         exports = run_exports(model, loaded, out, calib_batches, forward)
         timings["export_seconds"] = time.perf_counter() - tick
     metrics["exports"] = exports
     timings["total_seconds"] = time.perf_counter() - started
-    metrics["timings"] = timings
+    metrics["status"] = "ok"
+    record.stage = "report"
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=False) + "\n")
-    from .analyze.report import write_report
-
-    write_report(model, loaded, out, metrics, next(iter(calib_batches)), forward)
+    report()
     return metrics

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# GPU checks that the CPU test suite cannot run, in one go, on a machine with an NVIDIA GPU:
-#   1. TensorRT: build engines from the digits and CenterPoint `bev` onnx-qdq exports (INT8 + FP16)
-#      and compare them with onnxruntime (`recipe run` with the tensorrt entries required);
-#   2. spconv-cu12x: run the CenterPoint `scn.onnx` with the reference executor on CUDA and compare it
-#      with the CPU executor and with the quantized PyTorch encoder.
+# GPU checks that the CPU test suite cannot run, in one go, on a machine with an NVIDIA GPU. Exits 1 when
+# one does not hold.
+#   1. TensorRT (dense artifacts): build engines from the digits and CenterPoint `bev` onnx-qdq exports
+#      (`recipe run` with the tensorrt entries required: an engine that loses more than the margin of SQNR
+#      vs FP32 relative to PyTorch fake-quant, or has a systematic error, fails the run), then assert
+#      from metrics.json that every artifact is `ok` and that TensorRT (GPU) and onnxruntime (CPU) agree
+#      on the signal (SQNR vs FP32 within the margin of each other);
+#   2. sparse artifact: run the CenterPoint `scn.onnx` with the sparse reference runtime on CUDA and on
+#      CPU, and assert that both are faithful to the quantized PyTorch encoder (same signal checks) and
+#      that GPU and CPU agree (SQNR of GPU vs CPU >= 40 dB).
 # Usage: scripts/gpu_checks.sh            (from anywhere inside the repo)
 # Env:   CUDA_EXTRA=cu124|cu121|cu118 (spconv wheel, default cu124), PYTHON=python3, VENV=.venv-gpu,
 #        OUT=runs/gpu, SKIP_INSTALL=1 to reuse an existing venv.
@@ -40,28 +45,63 @@ mkdir -p "$OUT"
                  {format: onnx-qdq, module: bev, path: bev.onnx},
                  {format: tensorrt, source: bev.onnx, path: bev.engine, required: true}]'
 
-# 2. spconv CUDA kernels: reference executor on GPU vs CPU vs PyTorch
+# 1b. TensorRT (GPU) vs onnxruntime (CPU) on the dense artifacts, from metrics.json
 OUT="$OUT" "$PY" - <<'EOF'
 import json, os, sys
+failed = []
+for run in ("digits", "centerpoint"):
+    exports = json.load(open(f"{os.environ['OUT']}/{run}/metrics.json"))["exports"]
+    by_path = {e["path"]: e for e in exports}
+    for entry in exports:
+        print(run, entry["path"], entry["status"], "SQNR vs FP32 pytorch/runtime:", entry.get("sqnr_pytorch_db"),
+              entry.get("sqnr_runtime_db"), "systematic dB:", entry.get("systematic_db"), entry.get("tensorrt", ""))
+        if entry["status"] != "ok":
+            failed.append(f"{run}/{entry['path']}: {entry['status']} {entry.get('reason', '')}")
+        elif entry["format"] == "tensorrt":
+            source = by_path[entry["source"]]
+            gap = abs(entry["sqnr_runtime_db"] - source["sqnr_runtime_db"])
+            print(f"  TensorRT vs onnxruntime: SQNR gap {gap:.3f} dB, {entry['versus_onnxruntime']}")
+            if not gap <= entry["margin_db"]:
+                failed.append(f"{run}/{entry['path']}: TensorRT and onnxruntime differ by {gap:.3f} dB of SQNR")
+    if not any(e["format"] == "tensorrt" for e in exports):
+        failed.append(f"{run}: no tensorrt artifact")
+print("\n".join(failed) or "dense artifacts: TensorRT (GPU) agrees with onnxruntime (CPU)")
+sys.exit(1 if failed else 0)
+EOF
+
+# 2. sparse artifact: the reference runtime on GPU vs CPU vs PyTorch (fake-quant and FP32)
+OUT="$OUT" "$PY" - <<'EOF'
+import os, sys
 import torch
 from recipe_engine import load_quantized
-from recipe_engine.export.scn_reference import run_scn
-from recipe_engine.export.verify import compare
+from recipe_engine.export import runner
+from recipe_engine.export.quantizers import quantizers_off
+from recipe_engine.export.signal_check import problems, signal_figures, sqnr_db, summarize_signal
+from recipe_engine.quant.apply import get_state
 from recipe_engine.zoo import centerpoint
 
 out = os.environ["OUT"] + "/centerpoint"
-model = load_quantized(f"{out}/model.pt").eval()
+model = load_quantized(f"{out}/model.pt", model=centerpoint.build(pretrained=True)).eval()
 batch = next(iter(centerpoint.val_data(count=2, batch_size=2)))
 grid = model.encoder.sparse_shape
-args = (batch["voxel_features"], batch["coors"], grid, int(batch["batch_size"]))
+call = (batch["voxel_features"], batch["coors"], int(batch["batch_size"]))
 with torch.no_grad():
-    reference = model.encoder(batch["voxel_features"], batch["coors"], int(batch["batch_size"]))
-(cpu,) = run_scn(f"{out}/scn.onnx", *args, device="cpu")
-(gpu,) = run_scn(f"{out}/scn.onnx", *args, device="cuda")
-figures = {"gpu_vs_cpu": compare(gpu.cpu(), cpu), "gpu_vs_pytorch": compare(gpu.cpu(), reference)}
-print(json.dumps(figures, indent=2))
-for entry in json.load(open(f"{out}/metrics.json"))["exports"]:
-    print(entry["path"], entry["status"], "max_abs_diff", entry.get("max_abs_diff"), entry.get("trtexec", ""))
-sys.exit(0 if figures["gpu_vs_pytorch"]["rel_error"] <= 0.05 else 1)
+    pytorch = model.encoder(*call)
+    with quantizers_off(get_state(model)):
+        fp32 = model.encoder(*call)
+run = runner.run_sparse_runtime
+(cpu,) = run(f"{out}/scn.onnx", call[0], call[1], grid, call[2], device="cpu")
+(gpu,) = run(f"{out}/scn.onnx", call[0], call[1], grid, call[2], device="cuda")
+failed = []
+for name, produced in (("cpu", cpu), ("gpu", gpu)):
+    figures = summarize_signal([signal_figures(produced.cpu(), pytorch, fp32)], ["output"], 0.5)
+    print(name, {k: figures[k] for k in ("sqnr_pytorch_db", "sqnr_runtime_db", "systematic_db", "max_diff_steps")})
+    failed += [f"{name}: {p}" for p in problems(figures, 0.5)]
+agreement = sqnr_db(gpu.cpu().double().numpy(), cpu.double().numpy())
+print(f"GPU vs CPU: SQNR {agreement:.2f} dB")
+if not agreement >= 40.0:
+    failed.append(f"the sparse runtime on GPU and CPU differ: SQNR {agreement:.2f} dB < 40 dB")
+print("\n".join(failed) or "sparse artifact: GPU and CPU agree and are faithful")
+sys.exit(1 if failed else 0)
 EOF
 echo "GPU checks passed: $OUT"

@@ -38,12 +38,13 @@ class QuantizerFidelity:
 def measure_fidelity(model: nn.Module, batch: Any, forward: Callable) -> list[QuantizerFidelity]:
     """SQNR of every quantizer's output vs its input on one batch (activations) or on the weight."""
     state = get_state(model)
-    records: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    records: dict[int, float] = {}
     handles = []
 
     def record(module: nn.Module, inputs: tuple, output: Any) -> None:
+        # measured now: an in-place op after the quantizer (`out += identity`) overwrites its input's storage
         if id(module) not in records and isinstance(inputs[0], torch.Tensor):
-            records[id(module)] = (inputs[0].detach(), output.detach())
+            records[id(module)] = sqnr_db(inputs[0], output)
 
     for _, quantizer in state.unique():
         handles.append(quantizer.register_forward_hook(record))
@@ -63,8 +64,7 @@ def measure_fidelity(model: nn.Module, batch: Any, forward: Callable) -> list[Qu
         suffix = names[0].rsplit(".", 1)[-1]
         kind = suffix if suffix in ("input", "weight") else "op"
         amax = backend.get_amax(quantizer)
-        pair = records.get(id(quantizer))
-        value = sqnr_db(*pair) if pair is not None else math.nan
+        value = records.get(id(quantizer), math.nan)
         results.append(QuantizerFidelity(" = ".join(names), kind, backend.is_enabled(quantizer), value,
                                          float(amax.max()) if amax is not None else math.nan))
     return results

@@ -101,10 +101,11 @@ def write_report(model: nn.Module, loaded: LoadedRecipe, out: Path, metrics: dic
         lines.append("(no histogram calibrators)")
     lines += ["", "## Exports", ""]
     if metrics.get("exports"):
-        columns = ["path", "format", "status", "max_abs_diff", "max_diff_steps", "frac_over_1_step", "rel_error",
-                   "seconds"]
-        lines += ["Verification against the PyTorch model on captured calibration inputs (steps: output range / 255; "
-                  "all figures in metrics.json).", "",
+        columns = ["path", "format", "status", "sqnr_pytorch_db", "sqnr_runtime_db", "systematic_db",
+                   "max_diff_steps", "frac_over_1_step", "seconds"]
+        lines += ["Verification on captured calibration inputs: SQNR vs FP32 of PyTorch fake-quant and of the runtime, "
+                  "the runtime's systematic error (dB of the quantization noise), and its differences from PyTorch "
+                  "in output steps (output range / 255; all figures in metrics.json).", "",
                   "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for entry in metrics["exports"]:
             lines.append("| " + " | ".join(_fmt(entry.get(k)) if entry.get(k) is not None else "" for k in columns)

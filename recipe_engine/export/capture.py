@@ -74,6 +74,11 @@ def clone_value(value: Any) -> Any:
 
 def _count_sparse_inputs(args: tuple, kwargs: dict) -> int:
     for value in itertools.chain(args, kwargs.values()):
+        if isinstance(value, dict):  # a batch_dict: the voxels are one of its values
+            found = _count_sparse_inputs(tuple(value.values()), {})
+            if found:
+                return found
+            continue
         if sparse.is_sparse_tensor(value):
             return int(value.features.shape[0])
         if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() == 2:

@@ -71,7 +71,11 @@ def _flatten(value: Any, name: str, names: list[str], tensors: list[torch.Tensor
 
 
 def flatten_inputs(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> FlatInputs:
-    """Bind the captured call to ``module.forward``'s signature; tensor leaves are named after parameters."""
+    """Bind the captured call to ``module.forward``'s signature; tensor leaves are named after parameters
+    (or, for a :class:`.calls.TensorCall`, after its ``onnx_input_names``)."""
+    names = getattr(module, "onnx_input_names", None)
+    if names is not None:
+        return FlatInputs(tuple(args), {}, list(names), list(args))
     try:
         bound = inspect.signature(module.forward).bind(*args, **kwargs)
     except TypeError as exc:
@@ -244,6 +248,7 @@ def export_qdq(module: nn.Module, args: tuple, kwargs: dict[str, Any], opset: in
     flat = flatten_inputs(module, args, kwargs)
     with torch.no_grad(), export_mode(module):
         output_names, _ = flatten_outputs(module(*flat.args, **flat.kwargs))
+    output_names = list(getattr(module, "onnx_output_names", output_names))
     if not output_names:
         raise RecipeError(f"onnx-qdq: {type(module).__name__}.forward returns no tensors")
     unknown = sorted(set(dynamic_axes or {}) - set(flat.names) - set(output_names))

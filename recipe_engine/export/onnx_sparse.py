@@ -8,13 +8,17 @@ From a :class:`~.sparse_trace.SparseTrace` this module
   output_padding and spatial shapes are reversed; the runtime then gets indices with columns 1
   and 3 swapped;
 - decides precisions: a conv is ``int8`` when its input and weight quantizers are both enabled,
-  an Add when its op-site quantizer is; a producer's ``output_precision`` is ``int8`` only when
-  every reader is an int8 layer reading it with one and the same dynamic range (so one scale
-  serves all of them), else ``fp16`` (always fp16 before ScatterDense). When the two producers
-  of an Add disagree, both are set to fp16 output (the Add keeps its precision);
+  an Add when its op-site quantizer is; ``output_precision`` follows :mod:`.scn_precision` (int8
+  when every reader is int8 through one quantizer); an int8 layer that would read fp16 is an
+  error unless ``allow_fp16_to_int8``. Calibrated ranges are written on fp16 layers too, as
+  NVIDIA's exporters do;
+- sets ``output_bound`` (a deployment capacity, 200000 unless the recipe says otherwise): an
+  error when calibration produced more points, a warning and a note when it came within
+  ``output_bound_headroom`` of it;
 - writes tensors named "0", "1", ... in production order, FP16 ``raw_data`` initializers
   ``spconv{k}.weight`` / ``spconv{k}.bias`` (zero bias when the conv has none), and the
-  ScatterDense / Transpose / Reshape tail of each output.
+  ScatterDense / Transpose / Reshape tail of each output: the model's own arrangement, or the
+  one a compatibility profile's application reads (:mod:`.scn_compat`).
 
 The batch axis is 1 in ``output_shape`` and in Reshape ``dims``: libspconv runs one sample.
 """
@@ -22,6 +26,7 @@ The batch axis is 1 in ``output_shape`` and in Reshape ``dims``: libspconv runs 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +37,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..quant import backend, sparse
 from ..recipe.errors import RecipeError
+from . import scn_precision
 from .quantizers import amax_problem
 from .scn_checks import TRANSPOSE_DIMS, check_scn
+from .scn_compat import Profile, expected_dims, get_profile
 from .sparse_trace import Op, SparseTrace
 
 REVERSE = [0, 1, 4, 3, 2]  # N, C, a, b, c -> N, C, c, b, a
+DEFAULT_OUTPUT_BOUND = 200000  # NVIDIA's exporters write 200000; libspconv's parser default is 150000
 
 
 @dataclass
@@ -82,7 +90,7 @@ def _quantizer_names(names_of: dict[int, list[str]], quantizer: Any) -> str:
     return " = ".join(names_of.get(id(quantizer), [])) or "<unnamed quantizer>"
 
 
-def _check_int8_quantizer(quantizer: Any, label: str, per_channel: int | None = None) -> None:
+def _check_int8_quantizer(quantizer: Any, label: str, per_channel: int | None = None, axis: int = 0) -> None:
     problem = amax_problem(quantizer)
     if problem:
         raise RecipeError(f"onnx-sparse: quantizer {label} {problem}",
@@ -97,9 +105,10 @@ def _check_int8_quantizer(quantizer: Any, label: str, per_channel: int | None = 
         if amax.numel() not in (1, per_channel):
             raise RecipeError(f"onnx-sparse: weight quantizer {label} has {amax.numel()} amax values for "
                               f"{per_channel} output channels")
-        if amax.numel() > 1 and quantizer.axis not in (0, (0,)):
-            raise RecipeError(f"onnx-sparse: weight quantizer {label} quantizes axis {quantizer.axis}; spconv "
-                              "weights [O, k.., I] need per-output-channel axis 0", hint="use per_channel: true")
+        if amax.numel() > 1 and quantizer.axis not in (axis, (axis,)):
+            layout = "[I, O] matrix of a 1x1 spconv layer" if axis == 1 else "[O, k.., I] weight"
+            raise RecipeError(f"onnx-sparse: weight quantizer {label} quantizes axis {quantizer.axis}; the "
+                              f"{layout} needs per-output-channel axis {axis}", hint="use per_channel: true")
 
 
 def plan_conv(op: Op, convert: bool, names_of: dict[int, list[str]]) -> ConvPlan:
@@ -114,10 +123,11 @@ def plan_conv(op: Op, convert: bool, names_of: dict[int, list[str]]) -> ConvPlan
     if getattr(module, "groups", 1) != 1:
         raise RecipeError(f"onnx-sparse: {op.path} uses groups={module.groups}; libspconv needs groups=1")
     out_c, in_c = int(module.out_channels), int(module.in_channels)
-    weight = module.weight.detach().float().cpu()
-    if tuple(weight.shape) != (out_c, *module.kernel_size, in_c):
-        raise RecipeError(f"onnx-sparse: {op.path} weight has shape {tuple(weight.shape)}, expected spconv 2.x "
-                          f"[O, k0, k1, k2, I] = {(out_c, *module.kernel_size, in_c)}")
+    if tuple(module.weight.shape) != (out_c, *module.kernel_size, in_c):
+        raise RecipeError(f"onnx-sparse: {op.path} weight has shape {tuple(module.weight.shape)}, expected spconv "
+                          f"2.x [O, k0, k1, k2, I] = {(out_c, *module.kernel_size, in_c)}")
+    # the file's [O, k.., I] computes what PyTorch computed (spconv's 1x1 layers read weight.view(I, O))
+    weight = sparse.kernel_weight(module, module.weight.detach()).float().cpu()
     bias = module.bias.detach().float().cpu() if module.bias is not None else torch.zeros(out_c)
     if convert:
         weight = weight.permute(0, 3, 2, 1, 4).contiguous()
@@ -148,10 +158,11 @@ def plan_conv(op: Op, convert: bool, names_of: dict[int, list[str]]) -> ConvPlan
     enabled = [q is not None and backend.is_enabled(q) for q in (input_q, weight_q)]
     if all(enabled):
         _check_int8_quantizer(input_q, _quantizer_names(names_of, input_q))
-        _check_int8_quantizer(weight_q, _quantizer_names(names_of, weight_q), per_channel=out_c)
+        _check_int8_quantizer(weight_q, _quantizer_names(names_of, weight_q), per_channel=out_c,
+                              axis=sparse.weight_channel_axis(module))
         plan.precision = "int8"
         with torch.no_grad():  # store the weight PyTorch computes with: FP16 rounding cannot move its int8 grid
-            quantized = weight_q(module.weight).detach().float().cpu()
+            quantized = sparse.kernel_weight(module, sparse.quantize_weight(module, weight_q)).detach().float().cpu()
         plan.weight = quantized.permute(0, 3, 2, 1, 4).contiguous() if convert else quantized
         plan.input_range = float(backend.get_amax(input_q).reshape(-1)[0])
         ranges = backend.get_amax(weight_q).float().reshape(-1)
@@ -193,8 +204,9 @@ def _fold_relus(trace: SparseTrace, convs: dict[int, ConvPlan]) -> tuple[list[Op
 
 
 # ----------------------------------------------------------------------------- dense tails
-def plan_output(trace: SparseTrace, value: int, layout: str, convert: bool) -> OutputPlan:
-    """The ScatterDense -> [Transpose] -> [Reshape] tail that reproduces output ``value``."""
+def plan_output(trace: SparseTrace, value: int, layout: str, convert: bool,
+                profile: Profile | None = None) -> OutputPlan:
+    """The ScatterDense -> [Transpose] -> [Reshape] tail that reproduces output ``value`` (or ``profile``'s)."""
     producer = {op.output: op for op in trace.ops}
     chain: list[Op] = []
     current = producer[value]
@@ -219,6 +231,8 @@ def plan_output(trace: SparseTrace, value: int, layout: str, convert: bool) -> O
                           "(use SparseConvTensor.dense() with channels_first=True)")
     spatial = ["s0", "s1", "s2"] if not convert else ["s2", "s1", "s0"]
     file_axes = ["N", "C", *spatial]
+    if profile is not None:
+        return _profile_output(trace, scatter, file_axes, axes, reshape, layout, profile)
     allowed = TRANSPOSE_DIMS[layout]
     candidates = [(None, file_axes), (allowed, [file_axes[p] for p in allowed])]
     exact = next(((p, a) for p, a in candidates if a == axes), None)
@@ -240,6 +254,16 @@ def plan_output(trace: SparseTrace, value: int, layout: str, convert: bool) -> O
         else:
             dims = [1, *_merge_like(model_shape, reshape, out_shape)[1:]]
     return OutputPlan(scatter.output, chosen[0], dims, exact is not None, chosen[1])
+
+
+def _profile_output(trace: SparseTrace, scatter: Op, file_axes: list[str], model_axes: list[str],
+                    model_reshape: list[int] | None, layout: str, profile: Profile) -> OutputPlan:
+    """The tail ``profile``'s application reads; ``exact`` when the model's output is arranged the same way."""
+    perm, dims = expected_dims(profile, layout, _axes_shape(scatter, file_axes))
+    axes = [file_axes[p] for p in perm] if perm else file_axes
+    batch = trace.values[scatter.output].shape[0]
+    exact = axes == model_axes and model_reshape is not None and list(model_reshape) == [batch, *dims[1:]]
+    return OutputPlan(scatter.output, perm, dims, exact, axes)
 
 
 def _axes_shape(scatter: Op, axes: list[str]) -> list[int]:
@@ -272,79 +296,55 @@ def _merge_like(model_shape: list[int], reshape: list[int], file_shape: list[int
 
 # ----------------------------------------------------------------------------- precisions
 def _assign_precisions(ops: list[Op], convs: dict[int, ConvPlan], adds: dict[int, dict], alias: dict[int, int],
+                       names_of: dict[int, list[str]], classes: dict[str, type], allow_fp16_to_int8: bool,
                        notes: list[str]) -> None:
-    def resolve(v: int) -> int:
-        while v in alias:
-            v = alias[v]
-        return v
-
-    producer = {op.output: op for op in ops}
-    readers: dict[int, list[tuple[Op, int]]] = {}
+    """Set every conv's and Add's ``output_precision`` by :mod:`.scn_precision`; fail on a broken chain."""
+    layers: dict[int, scn_precision.Layer] = {}
     for op in ops:
-        for slot, v in enumerate(op.inputs):
-            readers.setdefault(resolve(v), []).append((op, slot))
-
-    def needs(v: int) -> list[tuple[str, float | None]]:
-        found: list[tuple[str, float | None]] = []
-        for op, slot in readers.get(v, []):
-            if op.kind == "conv":
-                plan = convs[id(op)]
-                found.append((plan.precision, plan.input_range))
-            elif op.kind == "add":
-                info = adds[id(op)]
-                found.append((info["precision"], info["ranges"][slot] if info["precision"] == "int8" else None))
-            elif op.kind == "relu":
-                found += needs(op.output)
-            else:
-                found.append(("fp16", None))
-        return found
-
-    def set_output(op: Op, value: str) -> None:
         if op.kind == "conv":
-            convs[id(op)].output_precision = value
-        else:
-            adds[id(op)]["output_precision"] = value
-
-    def get_output(v: int) -> str:
-        op = producer.get(resolve(v))
-        while op is not None and op.kind == "relu":
-            op = producer.get(resolve(op.inputs[0]))
-        if op is None:
-            return "fp16"
-        return convs[id(op)].output_precision if op.kind == "conv" else adds[id(op)]["output_precision"]
-
+            plan = convs[id(op)]
+            quantizer = _input_quantizer_of(op.module) if plan.precision == "int8" else None
+            layers[id(op)] = scn_precision.Layer(op, plan.name, plan.precision, [quantizer])
+        elif op.kind == "add":
+            info = adds[id(op)]
+            quantizers = list(op.info["quantizers"]) if info["precision"] == "int8" else [None, None]
+            layers[id(op)] = scn_precision.Layer(op, info["name"], info["precision"], quantizers)
+    chain = scn_precision.assign(ops, layers, alias, names_of)
+    if chain.breaks and not allow_fp16_to_int8:
+        raise scn_precision.chain_error(chain, classes)
+    notes += chain.notes + scn_precision.break_notes(chain)
     for op in ops:
-        if op.kind in ("conv", "add"):
-            wanted = needs(op.output)
-            ranges = {r for _, r in wanted}
-            int8 = bool(wanted) and all(p == "int8" for p, _ in wanted) and len(ranges) == 1 and \
-                None not in ranges
-            if not int8 and wanted and all(p == "int8" for p, _ in wanted):
-                ranges_text = ", ".join(f"{r:.4g}" for r in sorted(r for r in ranges if r is not None))
-                notes.append(f"{_op_name(op, convs)}: its readers quantize it with different ranges ({ranges_text}); "
-                             "output stays fp16 (share those quantizers to keep it int8)")
-            set_output(op, "int8" if int8 else "fp16")
-    changed = True
-    while changed:
-        changed = False
-        for op in ops:
-            if op.kind != "add":
-                continue
-            precisions = [get_output(v) for v in op.inputs]
-            if precisions[0] != precisions[1]:
-                for v in op.inputs:
-                    source = producer.get(resolve(v))
-                    while source is not None and source.kind == "relu":
-                        source = producer.get(resolve(source.inputs[0]))
-                    if source is not None and get_output(v) != "fp16":
-                        set_output(source, "fp16")
-                        notes.append(f"{_op_name(source, convs)}: output set to fp16 so that both inputs of "
-                                     f"{adds[id(op)]['name']} have one precision")
-                changed = True
+        if op.kind == "conv":
+            convs[id(op)].output_precision = chain.output[id(op)]
+        elif op.kind == "add":
+            adds[id(op)]["output_precision"] = chain.output[id(op)]
 
 
-def _op_name(op: Op, convs: dict[int, ConvPlan]) -> str:
-    return convs[id(op)].name if op.kind == "conv" else op.path
+def _input_quantizer_of(module: Any) -> Any:
+    return getattr(module, "input_quantizer", None)
+
+
+def _calibrated(quantizer: Any) -> float | None:
+    """The calibrated per-tensor amax of a (possibly disabled) quantizer, or None."""
+    if quantizer is None or amax_problem(quantizer) is not None:
+        return None
+    amax = backend.get_amax(quantizer)
+    return float(amax.reshape(-1)[0]) if amax.numel() == 1 else None
+
+
+def _fp16_ranges(plan: ConvPlan) -> None:
+    """Ranges of an fp16 conv whose input quantizer was calibrated, written as NVIDIA writes them on every layer.
+
+    The weight's are its per-output-channel max |W| (what the max weight calibrator gives), taken on the weight
+    written to the file: a layer folded at export (``phase: before_export``) changed after calibration.
+    """
+    plan.input_range = _calibrated(getattr(plan.op.module, "input_quantizer", None))
+    if plan.input_range is None or getattr(plan.op.module, "weight_quantizer", None) is None:
+        plan.input_range = None
+        return
+    ranges = plan.weight.abs().reshape(plan.weight.shape[0], -1).amax(dim=1)
+    if bool((ranges > 0).all()) and bool(torch.isfinite(ranges).all()):
+        plan.weight_ranges = [float(r) for r in ranges]
 
 
 # ----------------------------------------------------------------------------- emission
@@ -358,9 +358,14 @@ def _fp16_initializer(name: str, tensor: torch.Tensor) -> onnx.TensorProto:
 
 def build_scn(trace: SparseTrace, *, layout: str, source_layout: str, headroom: float,
               fixed_bound: int | None, point_counts: dict[str, int], input_points: int,
-              names_of: dict[int, list[str]]) -> SparseExport:
-    """Turn ``trace`` into a checked libspconv ModelProto."""
+              names_of: dict[int, list[str]], allow_fp16_to_int8: bool = False,
+              compat: str | None = None) -> SparseExport:
+    """Turn ``trace`` into a checked libspconv ModelProto (``compat``: a profile of :mod:`.scn_compat`)."""
     convert = layout != source_layout
+    profile = get_profile(compat)
+    if profile is not None and layout not in profile.layouts:
+        raise RecipeError(f"onnx-sparse: {profile.application} indexes voxels as {' or '.join(profile.layouts)}, "
+                          f"this export's layout is {layout!r}", hint=f"set layout: {profile.layouts[0]}")
     notes: list[str] = []
     convs: dict[int, ConvPlan] = {}
     conv_ops = [op for op in trace.ops if op.kind == "conv"]
@@ -368,6 +373,8 @@ def build_scn(trace: SparseTrace, *, layout: str, source_layout: str, headroom: 
         plan = plan_conv(op, convert, names_of)
         if plan.note:
             notes.append(plan.note)
+        if plan.precision == "fp16":
+            _fp16_ranges(plan)
         convs[id(op)] = plan
     _check_rulebooks(conv_ops, convs)
     ops, alias = _fold_relus(trace, convs)
@@ -387,28 +394,50 @@ def build_scn(trace: SparseTrace, *, layout: str, source_layout: str, headroom: 
                     _check_int8_quantizer(q, _quantizer_names(names_of, q))
                 info["precision"] = "int8"
                 info["ranges"] = [float(backend.get_amax(q).reshape(-1)[0]) for q in quantizers]
+            else:  # fp16: its calibrated ranges, when both inputs have one
+                ranges = [_calibrated(q) for q in quantizers]
+                if all(r is not None for r in ranges):
+                    info["ranges"] = ranges
             adds[id(op)] = info
-    _assign_precisions(ops, convs, adds, alias, notes)
+    _assign_precisions(ops, convs, adds, alias, names_of, trace.module_classes, allow_fp16_to_int8, notes)
 
-    # output_bound: the most points any layer (or the input) produced in calibration, with headroom
+    # output_bound: a deployment capacity (never sized from the calibration set); calibration must fit in it
     counts = {plan.name: max(point_counts.get(plan.op.path, 0), plan.op.info["out_points"]) for plan in convs.values()}
     largest = max([input_points, *counts.values()])
-    bound = fixed_bound if fixed_bound is not None else int(math.ceil(largest * headroom))
-    low = {name: c for name, c in counts.items() if c > bound}
+    bound = fixed_bound if fixed_bound is not None else DEFAULT_OUTPUT_BOUND
+    low = {name: c for name, c in {"the input": input_points, **counts}.items() if c > bound}
     if low:
         name, count = max(low.items(), key=lambda kv: kv[1])
         raise RecipeError(f"onnx-sparse: output_bound {bound} is below the {count} points {name} produced in "
                           f"calibration ({len(low)} layer(s) affected)",
-                          hint=f"raise output_bound to at least {count} (or leave it unset: max points x headroom)")
+                          hint=f"raise output_bound to at least {math.ceil(count * headroom)} (points x "
+                          f"output_bound_headroom {headroom:g}); deployment frames may be larger still")
+    if largest * headroom > bound:
+        message = (f"output_bound {bound}: calibration reached {largest} points ({largest / bound:.0%} of it), "
+                   f"within the headroom of {headroom:g}x; real frames may overflow it (raise output_bound)")
+        notes.append(message)
+        warnings.warn(f"onnx-sparse: {message}", stacklevel=2)
 
-    outputs = [plan_output(trace, v, layout, convert) for v in trace.outputs]
+    if profile is not None and len(trace.outputs) != 1:
+        raise RecipeError(f"onnx-sparse: {profile.application} reads one output; {len(trace.outputs)} outputs are "
+                          "traced", hint="export a module with one dense output, or set compat: none")
+    outputs = [plan_output(trace, v, layout, convert, profile) for v in trace.outputs]
+    if profile is not None and not all(o.exact for o in outputs):
+        letters = dict(zip(("s0", "s1", "s2"), source_layout, strict=True))
+        axes = ",".join(letters.get(a, a) for a in outputs[0].axes)
+        notes.append(f"compat {profile.name}: the file's BEV map is {profile.bev} (axes {axes} of the model's grid) "
+                     f"as {profile.application} reads it; the model's own output is arranged otherwise, so a dense "
+                     "part exported from this model takes the other arrangement")
     model = _emit(trace, ops, alias, convs, adds, outputs, layout, convert, bound)
-    check_scn(model, counts)
+    check_scn(model, counts, allow_fp16_to_int8=allow_fp16_to_int8, compat=compat)
     int8_convs = sum(1 for p in convs.values() if p.precision == "int8")
     summary = {"convs": len(convs), "int8_convs": int8_convs, "fp16_convs": len(convs) - int8_convs,
                "adds": len(adds), "int8_adds": sum(1 for a in adds.values() if a["precision"] == "int8"),
                "relus": sum(1 for op in ops if op.kind == "relu"), "output_bound": bound,
-               "max_points": largest, "layout": layout, "source_layout": source_layout}
+               "max_points": largest, "output_bound_used": round(largest / bound, 4), "layout": layout, "source_layout": source_layout,
+               "compat": profile.name if profile is not None else "none",
+               "fp16_with_ranges": sum(1 for p in convs.values() if p.precision == "fp16" and p.input_range is not None)
+               + sum(1 for a in adds.values() if a["precision"] == "fp16" and a["ranges"][0] is not None)}
     return SparseExport(model, outputs, counts, summary, notes)
 
 
@@ -478,8 +507,10 @@ def _emit(trace: SparseTrace, ops: list[Op], alias: dict[int, int], convs: dict[
             attrs = dict(plan.attrs)
             attrs.update(activation=plan.activation, output_bound=bound, precision=plan.precision,
                          output_precision=plan.output_precision)
-            if plan.precision == "int8":
-                attrs.update(input_dynamic_range=plan.input_range, weight_dynamic_ranges=plan.weight_ranges)
+            if plan.input_range is not None:
+                attrs["input_dynamic_range"] = plan.input_range
+            if plan.weight_ranges is not None:
+                attrs["weight_dynamic_ranges"] = plan.weight_ranges
             source = resolve(op.inputs[0])
             names[op.output] = fresh()
             nodes.append(helper.make_node("SparseConvolution", [source, weight_name, bias_name], [names[op.output]],
@@ -488,7 +519,7 @@ def _emit(trace: SparseTrace, ops: list[Op], alias: dict[int, int], convs: dict[
             info = adds[id(op)]
             inputs = [resolve(v) for v in op.inputs]
             attrs = {"precision": info["precision"], "output_precision": info["output_precision"]}
-            if info["precision"] == "int8":
+            if info["ranges"][0] is not None:
                 attrs.update(input0_dynamic_range=info["ranges"][0], input1_dynamic_range=info["ranges"][1])
             names[op.output] = fresh()
             nodes.append(helper.make_node("Add", inputs, [names[op.output]], name=node_name(info["name"]), **attrs))

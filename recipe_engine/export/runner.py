@@ -6,14 +6,16 @@
 the pipeline stores under ``exports`` in ``metrics.json``:
 
 - every entry: ``path``, ``format``, ``module``, ``status`` (``ok`` / ``skipped``), ``seconds``;
-- ``onnx-qdq``: onnxruntime vs the PyTorch fake-quant module on the captured inputs:
-  ``max_abs_diff``, ``mean_abs_diff``, ``max_diff_steps`` and ``frac_over_1_step`` (step = output
-  range / 255, see :mod:`.verify`), ``rel_error``, per-output figures, the Q/DQ census, file size/sha256;
-- ``onnx-sparse``: the reference executor vs PyTorch: the same figures (``rel_error`` is what
-  ``tolerance`` bounds), conv/add counts by precision, ``output_bound``, ``max_points``,
-  ``output_axes``, ``notes`` (precision decisions);
-- ``tensorrt``: ``trtexec`` (the equivalent command line), ``reason`` when skipped, else TensorRT vs
-  onnxruntime figures and the engine's ``.json`` side file.
+- every verified entry (see :mod:`.signal_check`): ``sqnr_pytorch_db`` (PyTorch fake-quant vs FP32)
+  and ``sqnr_runtime_db`` (the runtime vs FP32) on the same captured inputs, ``sqnr_loss_db``,
+  ``systematic_db``, ``margin_db``, and the step figures of the runtime vs PyTorch (step = output
+  range / 255): ``max_abs_diff``, ``mean_abs_diff``, ``max_diff_steps``, ``frac_over_1_step``,
+  ``rel_error``; per output under ``outputs`` (with ``bias_steps`` and ``gain``);
+- ``onnx-qdq``: runtime = onnxruntime; the Q/DQ census, file size/sha256;
+- ``onnx-sparse``: runtime = the sparse reference runtime; conv/add counts by precision,
+  ``output_bound``, ``max_points``, ``output_axes``, ``notes`` (precision decisions);
+- ``tensorrt``: ``trtexec`` (the equivalent command line), ``reason`` when skipped, else runtime =
+  TensorRT, ``versus_onnxruntime`` step figures, ``network`` and the engine's ``.json`` side file.
 
 An entry that fails its checks raises a RecipeError located at the entry; it writes no file.
 """
@@ -38,11 +40,14 @@ from ..recipe.loader import LoadedRecipe
 from ..recipe.schema import OnnxQdqExport, OnnxSparseExport, Recipe, TensorRTExport
 from . import tensorrt as trt_export
 from .artifact import recipe_metadata, save_json, save_onnx, set_metadata
+from .calls import check_reads, wrap_call
 from .capture import CaptureResult, capture, find_module
 from .onnx_qdq import export_mode, export_qdq, flatten_outputs, qdq_census
 from .onnx_sparse import REVERSE, OutputPlan, build_scn
 from .quantizers import check_exportable, qdq_notes, quantizers_off
-from .scn_reference import run_scn, swap_layout
+from .scn_runtime import run_scn as run_sparse_runtime  # the runtime onnx-sparse files are verified with
+from .scn_runtime import swap_layout
+from .signal_check import problems, signal_figures, summarize_signal
 from .sparse_trace import SparseTrace, trace_sparse
 from .verify import compare, round_figure, run_onnxruntime, summarize
 
@@ -58,18 +63,25 @@ class _QdqDone:
     feeds: dict[str, np.ndarray]
     ort_outputs: list[np.ndarray]
     output_names: list[str]
+    pytorch: list[torch.Tensor]  # fake-quant outputs on the same inputs
+    fp32: list[torch.Tensor]  # quantizers off
 
 
 def export(model: nn.Module, recipe: LoadedRecipe | Recipe | str | os.PathLike | dict, out_dir: str | os.PathLike,
-           batches: Iterable, forward: Callable[[nn.Module, Any], Any] | None = None) -> list[dict]:
+           batches: Iterable | None = None, forward: Callable[[nn.Module, Any], Any] | None = None) -> list[dict]:
     """Write and verify every ``export:`` entry of ``recipe`` for a quantized, calibrated ``model``.
 
-    ``batches`` are calibration batches (the first one supplies the exported modules' inputs);
-    ``forward(model, batch)`` runs one (default: ``model(**batch)`` / ``model(*batch)`` / ``model(batch)``).
+    ``batches`` are calibration batches (the first one supplies the exported modules' inputs; default:
+    the recipe's ``data.calibration``); ``forward(model, batch)`` runs one (default: the recipe's
+    ``data.forward``, else ``model(**batch)`` / ``model(*batch)`` / ``model(batch)``).
     """
     from ..pipeline import as_loaded
+    from ..util.atomic import confined
 
-    return run_exports(model, as_loaded(recipe), out_dir, batches, forward)
+    loaded = as_loaded(recipe)
+    with confined(out_dir):  # no artifact outside out_dir, whatever the recipe says
+        return run_exports(model, loaded, out_dir, data_mod.recipe_batches(loaded, batches),
+                           data_mod.recipe_forward(loaded, forward))
 
 
 def run_exports(model: nn.Module, loaded: LoadedRecipe, out_dir: str | os.PathLike, calib_batches: Iterable,
@@ -89,7 +101,7 @@ def run_exports(model: nn.Module, loaded: LoadedRecipe, out_dir: str | os.PathLi
     captured = capture(model, calib_batches, forward, dense + sparse_paths, sparse_paths,
                        count_batches=spec.calibration.batches, counting_context=lambda: quantizers_off(state))
     done: dict[str, _QdqDone] = {}
-    traces: dict[str, SparseTrace] = {}  # one trace per sparse module, shared by its exports
+    traces: dict[str, tuple[SparseTrace, SparseTrace]] = {}  # per sparse module: fake-quant and FP32 traces
     results: list[dict] = []
     for index, entry in enumerate(spec.export):
         tick = time.perf_counter()
@@ -141,23 +153,25 @@ def _export_qdq(model: nn.Module, loaded: LoadedRecipe, entry: OnnxQdqExport, ca
     call = captured.inputs[path]
     if call.calls > 1:
         notes.append(f"{path or 'the model'} ran {call.calls} times per forward; its first call was exported")
-    artifact = export_qdq(module, call.args, call.kwargs, entry.opset, entry.fp16, entry.dynamic_axes)
+    module, args, kwargs = wrap_call(module, call.args, call.kwargs, entry)
+    artifact = export_qdq(module, args, kwargs, entry.opset, entry.fp16, entry.dynamic_axes)
     set_metadata(artifact.model, recipe_metadata(loaded, format=entry.format, module=path or "<model>",
                                                  opset=entry.opset, fp16=entry.fp16))
     model_bytes = artifact.model.SerializeToString(deterministic=True)
     feeds = artifact.inputs.feeds(np.float16 if entry.fp16 else None)
     ort_outputs = run_onnxruntime(model_bytes, feeds)
-    reference, export_reference = _torch_outputs(module, call.args, call.kwargs)
-    figures = summarize([compare(o, r) for o, r in zip(ort_outputs, reference, strict=True)], artifact.output_names)
+    reference, export_reference = _torch_outputs(module, args, kwargs)
+    with quantizers_off(get_state(model)):
+        fp32, _ = _torch_outputs(module, args, kwargs)
+    check_reads(module)
+    figures = _check_signal(ort_outputs, reference, fp32, artifact.output_names, entry.margin_db, "onnxruntime")
     export_mode_diff = max(compare(o, r)["max_abs_diff"] for o, r in zip(ort_outputs, export_reference, strict=True))
     census = qdq_census(artifact.model)
-    _check_steps(figures, entry.tolerance, entry.max_fraction, "onnxruntime differs from PyTorch")
     file_info = save_onnx(artifact.model, out / entry.path)
-    done[entry.path] = _QdqDone(entry, model_bytes, feeds, ort_outputs, artifact.output_names)
+    done[entry.path] = _QdqDone(entry, model_bytes, feeds, ort_outputs, artifact.output_names, reference, fp32)
     per_channel_axes = sorted({(p["axis"], tuple(p["consumers"])) for p in census["per_channel"]})
     return {**_base(entry), **figures,
             "max_abs_diff_export_mode": round_figure(export_mode_diff),
-            "tolerance_steps": entry.tolerance, "max_fraction": entry.max_fraction,
             "exporter": "torch.onnx TorchScript (dynamo=False)",
             "opset": entry.opset, "fp16": entry.fp16,
             "inputs": {n: list(a.shape) for n, a in feeds.items()}, "output_names": artifact.output_names,
@@ -168,17 +182,18 @@ def _export_qdq(model: nn.Module, loaded: LoadedRecipe, entry: OnnxQdqExport, ca
             **file_info}
 
 
-def _check_steps(figures: dict, tolerance: float, max_fraction: float, what: str) -> None:
-    """Fail when the max difference exceeds ``tolerance`` steps or too many elements are off by > 1 step."""
-    too_far = not figures["max_diff_steps"] <= tolerance
-    too_many = not figures["frac_over_1_step"] <= max_fraction
-    if too_far or too_many:
-        limit = (f"above the tolerance of {tolerance} steps" if too_far else
-                 f"more than the allowed {max_fraction:.2%}")
-        raise RecipeError(f"{what} by up to {figures['max_diff_steps']:.3g} output steps (max |diff| "
-                          f"{figures['max_abs_diff']:.3g}; {figures['frac_over_1_step']:.2%} of elements off by more "
-                          f"than one step), {limit}",
-                          hint="look for layers the exporter cannot express, or raise `tolerance` / `max_fraction`")
+def _check_signal(runtime: list, pytorch: list, fp32: list, names: list[str], margin_db: float, what: str) -> dict:
+    """Signal figures of ``runtime`` (see :mod:`.signal_check`); RecipeError when it is not faithful."""
+    figures = summarize_signal([signal_figures(r, p, f) for r, p, f in zip(runtime, pytorch, fp32, strict=True)],
+                               names, margin_db)
+    found = problems(figures, margin_db)
+    if found:
+        raise RecipeError(f"{what} is not faithful to the PyTorch fake-quant model: " + "; ".join(found) +
+                          f" (max {figures['max_diff_steps']:.3g} output steps, {figures['frac_over_1_step']:.2%} "
+                          "of elements off by more than one step)",
+                          hint="a loss of signal or a systematic error points at a scale, zero point or weight "
+                          "layout the runtime reads differently; `margin_db` sets the allowed SQNR loss")
+    return figures
 
 
 def _torch_outputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -197,37 +212,30 @@ def _torch_outputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[list[t
 
 # ----------------------------------------------------------------------------- onnx-sparse
 def _export_sparse(model: nn.Module, loaded: LoadedRecipe, entry: OnnxSparseExport, captured: CaptureResult,
-                   out: Path, traces: dict[str, SparseTrace]) -> dict:
+                   out: Path, traces: dict[str, tuple[SparseTrace, SparseTrace]]) -> dict:
     path = entry.module or ""
     module = find_module(model, path)
     state = get_state(model)
     check_exportable(state, path, f"onnx-sparse {entry.path}")
     if path not in traces:
-        call = captured.inputs[path]
-        was_training = module.training
-        module.eval()
-        try:
-            traces[path] = trace_sparse(module, path, call.args, call.kwargs)
-        finally:
-            module.train(was_training)
-    trace = traces[path]
+        traces[path] = trace_both(module, path, captured.inputs[path].args, captured.inputs[path].kwargs, entry,
+                                  state)
+    trace, fp32_trace = traces[path]
     names_of = {id(q): names for names, q in state.unique()}
     source_layout = entry.source_layout or entry.layout
     built = build_scn(trace, layout=entry.layout, source_layout=source_layout, headroom=entry.output_bound_headroom,
                       fixed_bound=entry.output_bound, point_counts=captured.point_counts.get(path, {}),
-                      input_points=captured.input_points.get(path, 0), names_of=names_of)
+                      input_points=captured.input_points.get(path, 0), names_of=names_of,
+                      allow_fp16_to_int8=entry.allow_fp16_to_int8, compat=entry.compat)
     if captured.inputs[path].calls > 1:
         built.notes.append(f"{path or 'the model'} ran {captured.inputs[path].calls} times per forward; "
                            "its first call was exported")
     set_metadata(built.model, recipe_metadata(loaded, format=entry.format, module=path or "<model>",
                                               layout=entry.layout, source_layout=source_layout))
-    figures = verify_sparse(built.model, trace, built.outputs, entry.layout != source_layout)
-    if not figures["rel_error"] <= entry.tolerance:
-        raise RecipeError(f"the reference executor differs from PyTorch by {figures['rel_error']:.3g} of the output "
-                          f"range (max |diff| {figures['max_abs_diff']:.3g}), above the tolerance of {entry.tolerance}",
-                          hint="check the notes of this export (precision changes) or raise `tolerance`")
+    figures = verify_sparse(built.model, trace, built.outputs, entry.layout != source_layout, fp32_trace,
+                            entry.margin_db)
     file_info = save_onnx(built.model, out / entry.path)
-    return {**_base(entry), **figures, "tolerance_rel": entry.tolerance, **built.summary,
+    return {**_base(entry), **figures, **built.summary,
             "output_axes": [_axis_names(o.axes, source_layout) for o in built.outputs],
             "output_matches_model_layout": all(o.exact for o in built.outputs),
             "notes": built.notes, **file_info}
@@ -257,15 +265,38 @@ def expected_outputs(trace: SparseTrace, outputs: list[OutputPlan], convert: boo
     return expected
 
 
-def verify_sparse(model, trace: SparseTrace, outputs: list[OutputPlan], convert: bool) -> dict[str, Any]:
-    """Run the file with the reference executor on the captured voxels and compare with PyTorch."""
+def trace_both(module: nn.Module, path: str, args: tuple, kwargs: dict, entry: OnnxSparseExport,
+               state: Any) -> tuple[SparseTrace, SparseTrace]:
+    """The sparse trace of the captured call with fake quantization, and with every quantizer off (FP32)."""
+    runner, run_args, run_kwargs = wrap_call(module, args, kwargs, entry)
+    was_training = module.training
+    module.eval()
+    try:
+        trace = trace_sparse(module, path, run_args, run_kwargs, runner=runner)
+        check_reads(runner)
+        with quantizers_off(state):
+            fp32 = trace_sparse(module, path, run_args, run_kwargs, runner=runner)
+    finally:
+        module.train(was_training)
+    return trace, fp32
+
+
+def verify_sparse(model, trace: SparseTrace, outputs: list[OutputPlan], convert: bool,
+                  fp32_trace: SparseTrace | None = None, margin_db: float = 0.5) -> dict[str, Any]:
+    """Run the file with the sparse reference runtime on the captured voxels; compare with PyTorch and FP32.
+
+    Without ``fp32_trace`` only the step figures against PyTorch are returned (no judgement).
+    """
     indices, spatial = trace.indices, trace.spatial_shape
     if convert:
         indices, spatial = swap_layout(indices, spatial)
-    produced = run_scn(model, trace.input_features, indices, spatial, trace.batch_size)
+    produced = run_sparse_runtime(model, trace.input_features, indices, spatial, trace.batch_size)
     names = [o.name for o in model.graph.output]
     reference = expected_outputs(trace, outputs, convert)
-    return summarize([compare(p, r) for p, r in zip(produced, reference, strict=True)], names)
+    if fp32_trace is None:
+        return summarize([compare(p, r) for p, r in zip(produced, reference, strict=True)], names)
+    fp32 = expected_outputs(fp32_trace, outputs, convert)
+    return _check_signal(produced, reference, fp32, names, margin_db, "the sparse reference runtime")
 
 
 # ----------------------------------------------------------------------------- tensorrt
@@ -273,8 +304,9 @@ def _export_tensorrt(loaded: LoadedRecipe, entry: TensorRTExport, out: Path, don
     source = done[entry.source]
     dynamic = bool(source.entry.dynamic_axes)
     profile = trt_export.profile_shapes(source.feeds, source.entry.dynamic_axes, entry.shapes)
-    command = trt_export.trtexec_command(entry.source, entry.path, entry.workspace_gb, profile, dynamic)
-    result = {**_base(entry), "source": entry.source, "trtexec": command,
+    version = trt_export.installed_version()
+    command = trt_export.trtexec_command(entry.source, entry.path, entry.workspace_gb, profile, dynamic, version)
+    result = {**_base(entry), "source": entry.source, "trtexec": command, "network": trt_export.network_kind(version),
               "profile": trt_export.describe(profile) if dynamic else None, "max_abs_diff": None}
     reason = trt_export.availability()
     if reason is not None:
@@ -284,14 +316,20 @@ def _export_tensorrt(loaded: LoadedRecipe, entry: TensorRTExport, out: Path, don
         return {**result, "status": "skipped", "reason": f"skipped: {reason}"}
     engine = trt_export.build_engine(source.model_bytes, entry.workspace_gb, profile, dynamic)
     trt_outputs = trt_export.run_engine(engine, source.feeds)
-    figures = summarize([compare(t, o) for t, o in zip(trt_outputs, source.ort_outputs, strict=True)],
-                        source.output_names)
-    _check_steps(figures, entry.tolerance, 1.0, "TensorRT differs from onnxruntime")
+    versus_ort = summarize([compare(t, o) for t, o in zip(trt_outputs, source.ort_outputs, strict=True)],
+                           source.output_names)
+    figures = _check_signal(trt_outputs, source.pytorch, source.fp32, source.output_names, entry.margin_db,
+                            "TensorRT")
+    figures["versus_onnxruntime"] = {k: versus_ort[k] for k in ("max_abs_diff", "max_diff_steps", "frac_over_1_step")}
     trt_export.save_engine(str(out / entry.path), engine)
     import tensorrt as trt
 
     side = {**recipe_metadata(loaded, format=entry.format, source=entry.source), "tensorrt": trt.__version__,
             "trtexec": command, "profile": trt_export.describe(profile), "workspace_gb": entry.workspace_gb}
     save_json(out / f"{entry.path}.json", side)
-    return {**result, **figures, "compared_with": "onnxruntime", "tensorrt": trt.__version__,
+    if trt_export.strongly_typed(trt.__version__) and not source.entry.fp16:
+        result["notes"] = ["strongly typed: the layers without Q/DQ run in FP32; export the source with fp16: true "
+                           "for FP16 ones"]
+    return {**result, **figures, "compared_with": "pytorch+fp32", "tensorrt": trt.__version__,
+            "network": trt_export.network_kind(trt.__version__),
             "metadata": f"{entry.path}.json", "bytes": len(engine)}

@@ -1,7 +1,10 @@
 """The checks a libspconv sparse ONNX file must pass (``/work/shared/scn-onnx-format.md``).
 
 :func:`check_scn` runs on every ``onnx-sparse`` export before it is written, and on any file
-given to it; it raises a :class:`RecipeError` listing every violation.
+given to it; it raises a :class:`RecipeError` listing every violation. Besides the format's
+rules it checks the precision chain (no int8 layer reading an fp16 tensor, unless allowed; see
+:mod:`.scn_precision`) and, when a compatibility profile is given, what that NVIDIA application
+loads (:mod:`.scn_compat`). :func:`int8_fed_by_fp16` lists the chain's breaks in any file.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from onnx import AttributeProto as A
 from onnx import TensorProto
 
 from ..recipe.errors import RecipeError
+from .scn_compat import TRANSPOSE_DIMS, get_profile, profile_problems
 
 NODE_TYPES = {"SparseConvolution", "Add", "QuantAdd", "Relu", "ScatterDense", "Reshape", "Transpose"}
-TRANSPOSE_DIMS = {"xyz": [0, 1, 4, 2, 3], "zyx": [0, 1, 2, 4, 3]}
 PRECISIONS = {"int8", "fp16"}
 
 CONV_ATTRS = {
@@ -161,17 +164,17 @@ class _Checker:
             self.error(node, f"activation {activation!r} has no libspconv kernel (ReLU or None)")
         precision = self.check_precisions(node, attrs)
         ranges = attrs.get("weight_dynamic_ranges")
-        if precision == "int8":
+        int8 = precision == "int8"  # fp16 layers may carry their calibrated ranges too (NVIDIA writes them)
+        if int8 or "input_dynamic_range" in attrs:
             if not _positive(attrs.get("input_dynamic_range")):
-                self.error(node, f"int8 layer needs a finite input_dynamic_range > 0, "
+                self.error(node, f"{precision} layer needs a finite input_dynamic_range > 0, "
                                  f"has {attrs.get('input_dynamic_range')}")
+        if int8 or ranges is not None:
             if ranges is None or len(ranges) != out_channels:
                 self.error(node, f"weight_dynamic_ranges has {0 if ranges is None else len(ranges)} values, "
                                  f"expected O = {out_channels}")
             elif not all(_positive(float(r)) for r in ranges):
                 self.error(node, "weight_dynamic_ranges must be finite and > 0 (NaN/inf/zero amax)")
-        elif "input_dynamic_range" in attrs or ranges is not None:
-            self.error(node, "an fp16 layer must not carry dynamic ranges")
         bound = attrs.get("output_bound", 0)
         if not isinstance(bound, int) or bound <= 0:
             self.error(node, f"output_bound must be a positive INT, has {bound}")
@@ -215,10 +218,8 @@ class _Checker:
             self.error(node, f"its inputs have different precisions ({node.input[0]}: {left}, "
                              f"{node.input[1]}: {right}): the producers' output_precision must match")
         ranges = [attrs.get("input0_dynamic_range"), attrs.get("input1_dynamic_range")]
-        if precision == "int8" and not all(_positive(r) for r in ranges):
-            self.error(node, f"int8 Add needs finite input dynamic ranges > 0, has {ranges}")
-        if precision == "fp16" and any(r is not None for r in ranges):
-            self.error(node, "an fp16 Add must not carry dynamic ranges")
+        if (precision == "int8" or any(r is not None for r in ranges)) and not all(_positive(r) for r in ranges):
+            self.error(node, f"{precision} Add needs finite input dynamic ranges > 0, has {ranges}")
 
     check_quantadd = check_add
 
@@ -257,12 +258,37 @@ class _Checker:
             self.error(node, "Reshape dims may hold at most one -1")
 
 
-def check_scn(model: onnx.ModelProto, point_counts: Mapping[str, int] | None = None, what: str = "onnx-sparse") -> None:
+def int8_fed_by_fp16(model: onnx.ModelProto) -> list[str]:
+    """Names of the int8 layers (SparseConvolution, Add) that read a tensor stored in fp16."""
+    checker = _Checker(model, None)
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in ("SparseConvolution", "Add", "QuantAdd"):
+            continue
+        if _text(attributes(node).get("precision", "")) != "int8":
+            continue
+        data = node.input[:1] if node.op_type == "SparseConvolution" else node.input
+        if any(checker.output_precision(name) != "int8" for name in data):
+            found.append(node.name)
+    return found
+
+
+def check_scn(model: onnx.ModelProto, point_counts: Mapping[str, int] | None = None, what: str = "onnx-sparse",
+              *, allow_fp16_to_int8: bool = False, compat: str | None = None) -> None:
     """Raise RecipeError listing every way ``model`` violates the libspconv format.
 
-    ``point_counts`` (conv node name -> most points seen in calibration) enables the output_bound check.
+    ``point_counts`` (conv node name -> most points seen in calibration) enables the output_bound check;
+    ``allow_fp16_to_int8`` accepts int8 layers that read fp16; ``compat`` names a profile of
+    :mod:`.scn_compat` whose application's requirements are checked too.
     """
     errors = _Checker(model, point_counts).run()
+    breaks = int8_fed_by_fp16(model)
+    if breaks and not allow_fp16_to_int8:
+        errors.append(f"{len(breaks)} int8 layer(s) read fp16 tensors (every int8 layer must be fed int8 by its "
+                      f"producer): {', '.join(breaks)}")
+    profile = get_profile(compat)
+    if profile is not None:
+        errors += profile_problems(model, profile, breaks)
     if errors:
         shown = "\n  - ".join(errors[:12])
         more = f"\n  (+{len(errors) - 12} more)" if len(errors) > 12 else ""

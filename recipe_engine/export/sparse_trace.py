@@ -70,6 +70,7 @@ class SparseTrace:
     outputs: list[int] = field(default_factory=list)
     output_tensors: list[torch.Tensor] = field(default_factory=list)
     scatter_tensors: dict[int, torch.Tensor] = field(default_factory=dict)  # scatter op output -> dense (N,C,...)
+    module_classes: dict[str, type] = field(default_factory=dict)  # path -> class of every traced submodule
 
 
 def _first_sparse_or_features(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -182,6 +183,8 @@ class _Tracer(TorchFunctionMode):
         if index is not None and isinstance(output, torch.Tensor) and output is not args[0]:
             self.bind(output, index)
             self.quantized[id(output)] = (output, module)
+        elif index is not None and output is args[0] and not backend.is_enabled(module):
+            self.quantized.setdefault(id(output), (output, module))  # a disabled site: its calibrated range
 
     # -- torch functions between modules ---------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -326,8 +329,13 @@ def _has_tensor(value: Any) -> bool:
     return bool(_tensor_args((value,), {}))
 
 
-def trace_sparse(module: nn.Module, path: str, args: tuple, kwargs: dict[str, Any]) -> SparseTrace:
-    """Run ``module(*args, **kwargs)`` once and return its libspconv-level graph."""
+def trace_sparse(module: nn.Module, path: str, args: tuple, kwargs: dict[str, Any],
+                 runner: nn.Module | None = None) -> SparseTrace:
+    """Run ``module(*args, **kwargs)`` once and return its libspconv-level graph.
+
+    ``runner`` (default ``module``) is what is called, e.g. a :class:`.calls.TensorCall` that
+    puts plain tensors into ``module``'s dict inputs; the hooks go on ``module``.
+    """
     features = _first_sparse_or_features(args, kwargs)
     if features is None:
         raise RecipeError(f"onnx-sparse: {path or 'the model'} takes no voxel features "
@@ -339,6 +347,7 @@ def trace_sparse(module: nn.Module, path: str, args: tuple, kwargs: dict[str, An
     try:
         for name, child in module.named_modules():
             full = f"{path}.{name}" if path and name else (name or path)
+            tracer.trace.module_classes[full] = type(child)
             if sparse.is_sparse_conv(child):
                 handles.append(child.register_forward_pre_hook(tracer.conv_pre(full)))
                 handles.append(child.register_forward_hook(tracer.conv_post(full)))
@@ -351,7 +360,7 @@ def trace_sparse(module: nn.Module, path: str, args: tuple, kwargs: dict[str, An
                     handles.append(quantizer.register_forward_pre_hook(tracer.quantizer_pre))
                     handles.append(quantizer.register_forward_hook(tracer.quantizer_post))
         with torch.no_grad(), tracer:
-            output = module(*args, **kwargs)
+            output = (runner or module)(*args, **kwargs)
     finally:
         for handle in handles:
             handle.remove()

@@ -1,11 +1,21 @@
-"""``tensorrt``: build a TensorRT engine from an ``onnx-qdq`` export and compare it with onnxruntime.
+"""``tensorrt``: build a TensorRT engine from an ``onnx-qdq`` export and verify it by signal.
 
-Needs the ``tensorrt`` Python package (``pip install 'recipe-engine[tensorrt]'``) and a CUDA GPU.
-Without them the export is *skipped* (a clear reason in the result) unless the entry says
-``required: true``. The engine is built with the INT8 and FP16 flags (the Q/DQ nodes decide
-which layers run INT8), the entry's workspace, and one optimisation profile covering the
-source export's dynamic axes: ``min`` 1 on each dynamic axis, ``opt`` and ``max`` the captured
-shape, unless ``shapes`` gives them. The equivalent ``trtexec`` command line is returned too.
+Needs the ``tensorrt`` Python package (``pip install 'recipe-engine[tensorrt]'``, TensorRT 10 or
+11) and a CUDA GPU. Without them the export is *skipped* (a clear reason in the result) unless the
+entry says ``required: true``. How the network is built depends on the major version
+(:func:`network_flags`, :func:`builder_flags`):
+
+- **TensorRT 11**: a *strongly typed* network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``;
+  11 removed the ``INT8``/``FP16`` builder flags). Every tensor keeps the type the ONNX graph
+  gives it: the Q/DQ pairs make their layers INT8, and the other layers run in the graph's
+  float type. An FP32 ``onnx-qdq`` source therefore runs its non-quantized layers in FP32; for
+  FP16 there, export the source with ``fp16: true`` (an FP16 graph, Q/DQ kept FP32 behind casts).
+- **TensorRT 10**: the ``INT8`` and ``FP16`` builder flags on a weakly typed network (the Q/DQ
+  nodes decide which layers run INT8, the builder may pick FP16 for the others).
+
+The entry's workspace and one optimisation profile covering the source export's dynamic axes
+(``min`` 1 on each dynamic axis, ``opt`` and ``max`` the captured shape, unless ``shapes`` gives
+them) apply to both. The equivalent ``trtexec`` command line is returned too.
 """
 
 from __future__ import annotations
@@ -47,10 +57,60 @@ def profile_shapes(feeds: Mapping[str, np.ndarray], dynamic_axes: Mapping[str, M
     return result
 
 
+def major_version(version: str) -> int:
+    """The major version of a TensorRT version string ("10.13.3.9" -> 10)."""
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        raise RecipeError(f"tensorrt: cannot read the version {version!r}") from None
+
+
+def strongly_typed(version: str | None) -> bool:
+    """Whether this TensorRT version is built with a strongly typed network (11 and later).
+    None (TensorRT not installed): False, the TensorRT 10 build."""
+    return version is not None and major_version(version) >= 11
+
+
+def network_kind(version: str | None) -> str:
+    return "strongly typed" if strongly_typed(version) else "INT8+FP16 builder flags"
+
+
+def network_flags(trt: Any) -> int:
+    """``create_network`` flags: STRONGLY_TYPED on >= 11; EXPLICIT_BATCH below 10 (implicit since 10)."""
+    major = major_version(trt.__version__)
+    if major < 10:
+        raise RecipeError(f"tensorrt: TensorRT {trt.__version__} is too old; install TensorRT 10 or 11",
+                          hint="pip install 'recipe-engine[tensorrt]'")
+    if major >= 11:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0
+
+
+def builder_flags(trt: Any) -> list[Any]:
+    """Builder flags to set: INT8 and FP16 on TensorRT 10; none on >= 11 (types come from the graph)."""
+    if major_version(trt.__version__) >= 11:
+        return []
+    return [trt.BuilderFlag.INT8, trt.BuilderFlag.FP16]
+
+
+def installed_version() -> str | None:
+    """The installed TensorRT's version, read from package metadata (no import, no GPU needed)."""
+    from importlib import metadata
+
+    for name in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def trtexec_command(onnx_path: str, engine_path: str, workspace_gb: float,
-                    profile: Mapping[str, Mapping[str, list[int]]], dynamic: bool) -> str:
-    """The trtexec command line that reproduces the build."""
-    parts = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}", "--int8", "--fp16",
+                    profile: Mapping[str, Mapping[str, list[int]]], dynamic: bool,
+                    version: str | None = None) -> str:
+    """The trtexec command line that reproduces the build with TensorRT ``version`` (None: 10)."""
+    precision = ["--stronglyTyped"] if strongly_typed(version) else ["--int8", "--fp16"]
+    parts = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}", *precision,
              f"--memPoolSize=workspace:{int(round(workspace_gb * 1024))}"]
     if dynamic:
         for key, flag in (("min", "--minShapes"), ("opt", "--optShapes"), ("max", "--maxShapes")):
@@ -60,22 +120,19 @@ def trtexec_command(onnx_path: str, engine_path: str, workspace_gb: float,
 
 def build_engine(onnx_bytes: bytes, workspace_gb: float, profile: Mapping[str, Mapping[str, list[int]]],
                  dynamic: bool) -> bytes:
-    """Parse ONNX and build a serialized INT8+FP16 engine with the TensorRT Python API."""
+    """Parse ONNX and build a serialized engine with the TensorRT Python API (10: flags, 11: strongly typed)."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") and int(trt.__version__.split(".")[0]) < 10:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RecipeError(f"tensorrt: the ONNX parser rejected the model: {errors}")
     config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.INT8)
-    config.set_flag(trt.BuilderFlag.FP16)
+    for flag in builder_flags(trt):
+        config.set_flag(flag)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if dynamic:
         opt_profile = builder.create_optimization_profile()

@@ -4,7 +4,9 @@ For a conv ``y = W x + b`` followed by BN ``z = gamma (y - mean) / sqrt(var + ep
 the folded layer is ``W' = W s`` and ``b' = (b - mean) s + beta`` with
 ``s = gamma / sqrt(var + eps)`` applied per *output* channel. The output-channel axis of the
 weight depends on the layer: 0 for Conv/Linear/spconv ([O, k.., I]), and for ConvTranspose
-the weight is [I, O/groups, k..] so the scale runs along axis 1 within each group.
+the weight is [I, O/groups, k..] so the scale runs along axis 1 within each group. spconv's
+kernel-size-1 layers compute ``features @ weight.view(I, O)``: the scale runs along axis 1 of
+that view.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def _scale_weight(layer: nn.Module, weight: torch.Tensor, scale: torch.Tensor) -
         grouped = weight.reshape(groups, in_ch // groups, out_per_group, *weight.shape[2:])
         factor = scale.reshape(groups, 1, out_per_group, *([1] * (weight.dim() - 2)))
         return (grouped * factor).reshape(weight.shape)
+    if sparse.is_conv1x1(layer):
+        return (sparse.weight_matrix_1x1(layer, weight) * scale.reshape(1, -1)).reshape(weight.shape)
     return weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
 
 

@@ -149,7 +149,8 @@ def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | No
     calibration = recipe.calibration
     for name, assignment in plan.modules.items():
         module = modules[name]
-        axis = backend.weight_channel_axis(module)
+        sparse_layer = assignment.kind == "sparse"
+        axis = sparse.weight_channel_axis(module) if sparse_layer else backend.weight_channel_axis(module)
         input_q = backend.make_quantizer(assignment.input, calibration) if assignment.input else None
         weight_q = backend.make_quantizer(assignment.weight, calibration, axis) if assignment.weight else None
         if assignment.kind == "sparse":

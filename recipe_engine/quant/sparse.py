@@ -6,6 +6,12 @@ whose forward fake-quantizes the input features (per tensor) and the weight (per
 channel: axis 0 of spconv 2.x's ``[O, k.., I]`` layout) and then runs spconv's own
 convolution through the public module path ``_conv_forward`` of the same class.
 
+Kernel-size-1 layers (spconv's ``conv1x1``: kernel 1 and, unless submanifold, stride 1) are the
+exception: spconv 2.3.8 computes them as ``features @ weight.view(I, O)``, so their output
+channel ``o`` is column ``o`` of that matrix, not ``weight[o]``. :func:`weight_matrix_1x1`,
+:func:`weight_channel_axis` and :func:`kernel_weight` give the quantizer that view (axis 1 of
+``[I, O]``) and give exporters the ``[O, k.., I]`` weight that computes what PyTorch computed.
+
 Bias and activation are applied in PyTorch after the convolution: spconv's CPU kernels
 refuse a fused bias/activation in inference ("cpu don't support act and bias"), so this
 also lets folded (biased) and ReLU-fused sparse convs run on CPU. With both quantizers
@@ -78,7 +84,7 @@ class QuantSparseConvMixin:
             raise NotImplementedError("quantized sparse conv with add_input: write the add in the block forward")
         features = self._input_quantizer(input.features)
         x = input.replace_feature(features) if features is not input.features else input
-        weight = self._weight_quantizer(self.weight)
+        weight = quantize_weight(self, self._weight_quantizer)
         none_act = type(self.act_type).None_
         act_type, self.act_type = self.act_type, none_act  # spconv asserts no fused act when training
         try:
@@ -100,6 +106,36 @@ class QuantSparseConvMixin:
     @property
     def weight_quantizer(self) -> Quantizer:
         return self._weight_quantizer
+
+
+def is_conv1x1(module: nn.Module) -> bool:
+    """True for a spconv layer that spconv runs as ``features @ weight.view(in_channels, out_channels)``."""
+    return bool(getattr(module, "conv1x1", False)) and is_sparse_conv(module)
+
+
+def weight_channel_axis(module: nn.Module) -> int:
+    """Output-channel axis of the tensor the weight quantizer sees: 1 of ``[I, O]`` for 1x1 layers, else 0."""
+    return 1 if is_conv1x1(module) else 0
+
+
+def weight_matrix_1x1(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """The ``[I, O]`` matrix spconv multiplies the features by in a 1x1 layer."""
+    return weight.reshape(int(module.in_channels), int(module.out_channels))
+
+
+def quantize_weight(module: nn.Module, quantizer: Quantizer) -> torch.Tensor:
+    """``module.weight`` through ``quantizer``, per output channel as the layer computes."""
+    if is_conv1x1(module):
+        return quantizer(weight_matrix_1x1(module, module.weight)).reshape(module.weight.shape)
+    return quantizer(module.weight)
+
+
+def kernel_weight(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (shaped like ``module.weight``) as the ``[O, k.., I]`` kernel it computes with."""
+    if is_conv1x1(module):
+        out_c, in_c = int(module.out_channels), int(module.in_channels)
+        return weight_matrix_1x1(module, weight).t().reshape(out_c, *weight.shape[1:-1], in_c)
+    return weight
 
 
 @functools.cache

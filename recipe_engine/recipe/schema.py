@@ -412,6 +412,32 @@ class QatSection(Section):
 
 
 # --------------------------------------------------------------------------- export
+MARGIN_DB = Field(
+    0.5,
+    ge=0,
+    title="SQNR margin (dB)",
+    description="The export fails when the runtime's output SQNR vs FP32 is more than this below PyTorch "
+    "fake-quant's on the same inputs, or when its difference from PyTorch has a systematic part (offset/gain per "
+    "channel) above -10 dB of the quantization noise.",
+)
+CALL_INPUTS = Field(
+    None,
+    title="Inputs",
+    description="File input name -> path of a tensor in the module's call: a forward parameter, then dict keys or "
+    "list positions (`batch_dict.voxel_features`). For modules that take dicts; goes with `outputs`.",
+)
+CALL_OUTPUTS = Field(
+    None,
+    title="Outputs",
+    description="Paths of the output tensors in the module's return value (`spatial_features`: key of a returned "
+    "dict; `0`: first item of a tuple); each is also the output's name.",
+)
+REMOVED_KEYS = {
+    "tolerance": "verification compares SQNR vs FP32 with PyTorch fake-quant's; use `margin_db` (default 0.5)",
+    "max_fraction": "verification compares SQNR vs FP32 with PyTorch fake-quant's; use `margin_db` (default 0.5)",
+}
+
+
 class ExportBase(Section):
     module: str | None = Field(
         None, title="Module", description="Sub-module path to export (default: the whole model)."
@@ -424,6 +450,15 @@ class ExportBase(Section):
 
     _path = field_validator("path")(classmethod(lambda cls, v: check_artifact(v)))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, why in REMOVED_KEYS.items():
+                if key in data:
+                    raise ValueError(f"`{key}` was removed: {why}")
+        return data
+
 
 class OnnxQdqExport(ExportBase):
     """Dense parts: ONNX with QuantizeLinear/DequantizeLinear pairs."""
@@ -432,21 +467,9 @@ class OnnxQdqExport(ExportBase):
     opset: int = Field(17, ge=13, title="ONNX opset")
     fp16: bool = Field(False, title="FP16 graph")
     dynamic_axes: dict[str, dict[int, str]] | None = Field(None, title="Dynamic axes per input name")
-    tolerance: float = Field(
-        4.0,
-        gt=0,
-        title="Tolerance",
-        description="Max |ORT - PyTorch| in output quantization steps (step = output range / 255). Int8 "
-        "simulations differ element-wise where a value sits on a rounding boundary and such flips spread through "
-        "later layers: 1-3 steps are normal for 5-10 quantized layers.",
-    )
-    max_fraction: float = Field(
-        0.05,
-        ge=0,
-        le=1,
-        title="Max fraction off by > 1 step",
-        description="Largest fraction of output elements allowed to differ by more than one output step.",
-    )
+    inputs: dict[str, str] | None = CALL_INPUTS
+    outputs: list[str] | None = CALL_OUTPUTS
+    margin_db: float = MARGIN_DB
 
 
 class OnnxSparseExport(ExportBase):
@@ -460,15 +483,42 @@ class OnnxSparseExport(ExportBase):
         description="Column order of the model's own voxel indices (default: same as `layout`). When it differs "
         "from `layout`, weights and geometry are converted (kernel axes and spatial shapes reversed).",
     )
-    output_bound_headroom: float = Field(1.5, ge=1.0, title="output_bound = max voxels seen x headroom")
-    output_bound: int | None = Field(
-        None,
+    output_bound_headroom: float = Field(
+        2.0, ge=1.0, title="Warn when max voxels seen x headroom exceeds output_bound",
+        description="The export warns (and notes) when calibration comes within this factor of output_bound.")
+    output_bound: int = Field(
+        200000,
         ge=1,
-        title="Fixed output_bound",
-        description="Capacity in points for every conv instead of max points seen x headroom; the export fails "
-        "if a layer produced more points in calibration.",
+        title="output_bound",
+        description="Capacity in points of every conv (NVIDIA's exporters write 200000, libspconv's parser default "
+        "is 150000; a nuScenes frame has 60k-120k voxels). Size it for deployment data, not the calibration set: "
+        "the export fails if a layer produced more points in calibration and warns when it came within "
+        "output_bound_headroom of it.",
     )
-    tolerance: float = Field(0.05, gt=0, title="Max relative |executor - PyTorch|")
+    inputs: dict[str, str] | None = CALL_INPUTS
+    outputs: list[str] | None = CALL_OUTPUTS
+    margin_db: float = MARGIN_DB
+    compat: Literal["none", "cuda-centerpoint", "cuda-bevfusion"] = Field(
+        "none",
+        title="Compatibility profile",
+        description="Write the file NVIDIA's application loads: 'cuda-centerpoint' (zyx; ScatterDense -> Reshape "
+        "[1, C*Z, Y, X]) or 'cuda-bevfusion' (xyz or zyx; ScatterDense -> Transpose -> Reshape [1, C*Z, X, Y]), "
+        "one output, int8 layers fed int8. 'none': the model's own output arrangement.",
+    )
+    allow_fp16_to_int8: bool = Field(
+        False,
+        title="Allow int8 layers that read fp16",
+        description="Write int8 layers whose input tensor is fp16 (NVIDIA's exporters never do; libspconv does not "
+        "document it). Without it such a chain is an error naming the share group that keeps it int8.",
+    )
+
+    @model_validator(mode="after")
+    def _compat_chain(self) -> OnnxSparseExport:
+        if self.compat == "cuda-centerpoint" and self.layout != "zyx":
+            raise ValueError("compat: cuda-centerpoint needs layout: zyx (CUDA-CenterPoint indexes voxels z, y, x)")
+        if self.compat != "none" and self.allow_fp16_to_int8:
+            raise ValueError(f"compat: {self.compat} loads int8 chains only; remove allow_fp16_to_int8")
+        return self
 
 
 class TensorRTExport(ExportBase):
@@ -486,9 +536,7 @@ class TensorRTExport(ExportBase):
         description="min/opt/max shape per input name; default: 1 on each dynamic axis for min, the captured "
         "shape for opt and max.",
     )
-    tolerance: float = Field(
-        3.0, gt=0, title="Tolerance", description="Max |TensorRT - onnxruntime| in output quantization steps."
-    )
+    margin_db: float = MARGIN_DB
 
 
 ExportEntry = Annotated[OnnxQdqExport | OnnxSparseExport | TensorRTExport, Field(discriminator="format")]

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -250,15 +248,19 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 # ----------------------------------------------------------------------------- launching
 def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
-    """The command that runs ``recipe ARGS`` on ``nproc`` local ranks under torchrun."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "recipe_engine.cli", *args]
+    """The command that runs ``recipe ARGS`` on ``nproc`` local ranks under torchrun (see ``launch.py``)."""
+    from .launch import torchrun_command as command
+
+    return command(nproc, args)
 
 
 def launch(nproc: int, args: Sequence[str]) -> int:
-    """Run ``recipe ARGS`` under torchrun with ``nproc`` processes; returns its exit code."""
+    """Run ``recipe ARGS`` under torchrun with ``nproc`` processes; returns its exit code (0 or 1).
+
+    A failure prints one line per failed rank and the error of the rank that failed first.
+    """
     if nproc < 1:
         raise RecipeError(f"--nproc must be >= 1, got {nproc}")
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(torchrun_command(nproc, args), env=env)
+    from .launch import launch as run_ranks
+
+    return run_ranks(nproc, args)

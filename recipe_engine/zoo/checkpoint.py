@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..recipe.errors import RecipeError
+from ..util.atomic import atomic_path
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
@@ -26,19 +28,11 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module | dict[str, torch.
     ``weights_only=True`` before it replaces ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     source = model.state_dict() if isinstance(model, nn.Module) else model
     state = {k: v.detach().cpu().clone() for k, v in source.items()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # the user's umask applies
         torch.save({"state_dict": state, "meta": meta}, tmp)
         torch.load(tmp, map_location="cpu", weights_only=True)  # fail here, not at load time
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -48,14 +42,30 @@ def load_checkpoint(name_or_path: str | os.PathLike) -> tuple[dict[str, torch.Te
     if p.suffix != ".pt":
         p = checkpoint_path(str(name_or_path))
     if not p.exists():
-        raise FileNotFoundError(f"{p} not found; train it with `python -m recipe_engine.zoo.train {p.stem}`")
-    blob = torch.load(p, map_location="cpu", weights_only=True)
-    return blob["state_dict"], blob["meta"]
+        raise RecipeError(f"zoo checkpoint {p} not found",
+                          hint=f"train it with `python -m recipe_engine.zoo.train {p.stem}`, or pass pretrained: false")
+    try:
+        blob = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors are the file's fault
+        raise RecipeError(f"zoo checkpoint {p}: cannot load it with weights_only=True: {exc}") from None
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
+        raise RecipeError(f"zoo checkpoint {p} is not a zoo checkpoint ({{'state_dict': ..., 'meta': ...}})",
+                          hint=f"retrain it with `python -m recipe_engine.zoo.train {p.stem}`")
+    return blob["state_dict"], blob.get("meta", {})
 
 
 def load_into(model: nn.Module, name_or_path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint into ``model`` with ``strict=True``; returns its metadata."""
     state, meta = load_checkpoint(name_or_path)
+    own = model.state_dict()
+    problems = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in state.items()
+                if k in own and own[k].shape != v.shape]
+    problems += [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    if problems:
+        raise RecipeError(f"zoo checkpoint {name_or_path} does not fit {type(model).__name__}: "
+                          + ", ".join(problems[:4]) + (f", ... (+{len(problems) - 4})" if len(problems) > 4 else ""),
+                          hint="the model's kwargs must match those it was trained with (see the checkpoint's meta)")
     model.load_state_dict(state, strict=True)
     return meta
 

@@ -194,7 +194,8 @@ SPARSE_RECIPE = {
               {"select": "encoder", "ops": {"add": "act"}},
               {"select": {"type": "tests.export.models:SparseBlock"}, "ops": {"add": "act"}},
               {"select": {"type": "Conv2d"}, "quantize": {"input": "act", "weight": "w"}}],
-    "share": [["encoder.block.conv1.input", "encoder.block.add0"]],
+    "share": [["encoder.block.conv1.input", "encoder.block.add0"],  # block input: conv1 + residual add
+              ["encoder.down.0.input", "encoder.add0"]],            # block output: down conv + U-Net add
     "disable": ["encoder.conv_input.*"],
     "calibration": {"method": "max"},
 }
@@ -204,3 +205,54 @@ def sparse_recipe(**changes) -> dict:
     recipe = copy.deepcopy(SPARSE_RECIPE)
     recipe.update(changes)
     return recipe
+
+
+# ----------------------------------------------------------------------------- 1x1 sparse convs
+class SkipUNet(nn.Module):
+    """A sparse U-Net whose skip and bottleneck convs are 1x1 SubM convs (spconv's kernel-size-1 path).
+
+    (voxel_features, coors, batch_size) -> dense ``[N, C*D, H, W]``, zyx coordinates.
+    """
+
+    def __init__(self, shape=(9, 16, 16)):
+        super().__init__()
+        self.sparse_shape = list(shape)
+        self.stem = spconv.SparseSequential(
+            spconv.SubMConv3d(4, 8, 3, padding=1, bias=False, indice_key="s1"), nn.BatchNorm1d(8), nn.ReLU())
+        self.skip = spconv.SparseSequential(spconv.SubMConv3d(8, 12, 1, bias=False), nn.BatchNorm1d(12))
+        self.down = spconv.SparseSequential(
+            spconv.SparseConv3d(8, 16, 3, stride=2, padding=1, bias=False, indice_key="d1"), nn.BatchNorm1d(16),
+            nn.ReLU())
+        self.mid = spconv.SparseSequential(spconv.SubMConv3d(16, 16, 1, bias=False), nn.BatchNorm1d(16), nn.ReLU())
+        self.up = spconv.SparseSequential(spconv.SparseInverseConv3d(16, 12, 3, indice_key="d1", bias=False),
+                                          nn.BatchNorm1d(12))
+        self.head = spconv.SparseSequential(spconv.SubMConv3d(12, 6, 1, bias=False), nn.BatchNorm1d(6), nn.ReLU())
+
+    def forward(self, voxel_features: torch.Tensor, coors: torch.Tensor, batch_size: int) -> torch.Tensor:
+        x = spconv.SparseConvTensor(voxel_features, coors.int(), self.sparse_shape, int(batch_size))
+        x = self.stem(x)
+        skip = self.skip(x)
+        up = self.up(self.mid(self.down(x)))
+        x = skip.replace_feature(torch.relu(skip.features + up.features))
+        dense = self.head(x).dense()
+        n, c, d, h, w = dense.shape
+        return dense.view(n, c * d, h, w)
+
+
+def build_skip_unet(seed: int = 0) -> SkipUNet:
+    torch.manual_seed(seed)
+    model = SkipUNet().eval()
+    randomize_bn(model, seed)
+    return model
+
+
+SKIP_UNET_RECIPE = {
+    "recipe": "test-skip-unet", "version": "0.1.0",
+    "quantizers": {"act": {}, "w": {"per_channel": True}},
+    "fuse": [{"pattern": ["SubMConv3d|SparseConv3d|SparseInverseConv3d", "BatchNorm1d", "ReLU"]},
+             {"pattern": ["SubMConv3d|SparseInverseConv3d", "BatchNorm1d"]}],
+    "rules": [{"select": {"type": ["SubMConv3d", "SparseConv3d", "SparseInverseConv3d"]},
+               "quantize": {"input": "act", "weight": "w"}}],
+    "disable": ["stem.*"],
+    "calibration": {"method": "max"},
+}

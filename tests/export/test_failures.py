@@ -55,7 +55,7 @@ def test_nan_amax_fails_loudly(sparse_export, tmp_path) -> None:
     saved = backend.get_amax(quantizer).clone()
     backend.set_amax(quantizer, torch.tensor(float("nan")))
     try:
-        with pytest.raises(RecipeError, match=r"encoder\.down\.0\.input has a non-finite amax .*NaN"):
+        with pytest.raises(RecipeError, match=r"encoder\.down\.0\.input = encoder\.add0 has a non-finite amax .*NaN"):
             export(model, recipe, tmp_path, batches, forward_batch)
     finally:
         backend.set_amax(quantizer, saved)
@@ -96,8 +96,21 @@ def test_output_bound_below_the_voxel_count(sparse_export, tmp_path) -> None:
         export(model, recipe, tmp_path, batches, forward_batch)
     proto = onnx.ModelProto()
     proto.CopyFrom(sparse_export[3])
-    with pytest.raises(RecipeError, match=r"output_bound \d+ is below the 99999 points"):
-        check_scn(proto, {"encoder.block.conv1": 99999})
+    with pytest.raises(RecipeError, match=r"output_bound \d+ is below the 299999 points"):
+        check_scn(proto, {"encoder.block.conv1": 299999})
+
+
+def test_output_bound_close_to_the_voxel_count_warns(sparse_export, tmp_path) -> None:
+    model, batches, _, _ = sparse_export
+    (plain,) = export(model, sparse_recipe(export=SCN), tmp_path, batches, forward_batch)
+    most = plain["max_points"]
+    assert plain["output_bound"] == 200000 and not any("output_bound" in n for n in plain["notes"])
+    recipe = sparse_recipe(export=[{**SCN[0], "output_bound": most + 10}])
+    with pytest.warns(UserWarning, match=rf"output_bound {most + 10}: calibration reached {most} points"):
+        (result,) = export(model, recipe, tmp_path, batches, forward_batch)
+    assert result["output_bound"] == most + 10 and any("real frames may overflow" in n for n in result["notes"])
+    with pytest.raises(RecipeError, match=rf"output_bound {most - 1} is below the {most} points"):
+        export(model, sparse_recipe(export=[{**SCN[0], "output_bound": most - 1}]), tmp_path, batches, forward_batch)
 
 
 def test_duplicate_names_and_missing_bias(sparse_export) -> None:

@@ -37,7 +37,7 @@ rules:
 disable: [encoder.conv_input]
 calibration: {method: max}
 export:
-  - {format: onnx-sparse, module: encoder, path: scn.onnx}
+  - {format: onnx-sparse, module: encoder, path: scn.onnx, allow_fp16_to_int8: true}   # untied block quantizers
   - {format: onnx-qdq, module: bev, path: bev.onnx, dynamic_axes: {input: {0: batch}}}
   - {format: tensorrt, source: bev.onnx, path: bev.engine}
 """
@@ -58,8 +58,12 @@ def test_run_writes_verified_artifacts(write, tmp_path) -> None:
     assert exports[2]["status"] in ("skipped", "ok")
     assert "export_seconds" in on_disk["timings"]
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
-    # conv_input was folded for export only (phase before_export): ReLU fused, fp16, no dynamic ranges
+    # conv_input was folded for export only (phase before_export): ReLU fused, fp16, its calibrated input range
     scn = onnx.load(out / "scn.onnx")
     stem = next(n for n in scn.graph.node if n.name == "encoder.conv_input.0")
     values = {a.name: onnx.helper.get_attribute_value(a) for a in stem.attribute}
     assert values["activation"] == b"ReLU" and values["precision"] == b"fp16"
+    assert values["input_dynamic_range"] == metrics["amax"]["encoder.conv_input.0.input"]["amax_max"]
+    # the recipe ties no quantizers: the int8 layers reading fp16 are written because the export allows it, and noted
+    allowed = [n for n in exports[0]["notes"] if "allowed by allow_fp16_to_int8" in n]
+    assert [n.split(":")[0] for n in allowed] == ["encoder.block.conv1", "encoder.block.add0", "encoder.down.0"]

@@ -12,6 +12,7 @@ import torch
 from onnx import numpy_helper
 
 import recipe_engine
+from recipe_engine.export import runner
 from recipe_engine.export.runner import export
 from recipe_engine.pipeline import as_loaded, prepare
 from recipe_engine.quant import backend
@@ -200,10 +201,12 @@ def test_tensorrt_is_skipped_without_gpu(tmp_path) -> None:
         export(model, required, tmp_path, batches)
 
 
-def test_tolerance_failure_is_a_clear_error(tmp_path) -> None:
-    recipe = dense_recipe(export=[{"format": "onnx-qdq", "path": "net.onnx", "tolerance": 1e-9}])
+def test_margin_failure_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    recipe = dense_recipe(export=[{"format": "onnx-qdq", "path": "net.onnx", "margin_db": 0.0}])
     model, batches = _prepared(recipe)
-    with pytest.raises(RecipeError, match=r"export\[0\]: net\.onnx: onnxruntime differs from PyTorch by up to .* output steps"):
+    real = runner.run_onnxruntime
+    monkeypatch.setattr(runner, "run_onnxruntime", lambda *a, **k: [o * 1.05 for o in real(*a, **k)])
+    with pytest.raises(RecipeError, match=r"export\[0\]: net\.onnx: onnxruntime is not faithful .* below PyTorch"):
         export(model, recipe, tmp_path, batches)
     assert not (tmp_path / "net.onnx").exists()  # nothing half-verified is left behind
 

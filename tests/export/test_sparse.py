@@ -13,7 +13,7 @@ from onnx import AttributeProto as A
 from onnx import numpy_helper
 
 from recipe_engine.export.runner import export
-from recipe_engine.export.scn_reference import fake_quant, run_scn
+from recipe_engine.export.scn_runtime import fake_quant, run_scn
 from recipe_engine.pipeline import as_loaded, prepare
 from recipe_engine.quant import backend, sparse
 from recipe_engine.quant.apply import get_state
@@ -95,13 +95,11 @@ def test_attribute_census(exported: Exported) -> None:
             out_c, in_c = values["out_channels"], values["in_channels"]
             assert list(weight.dims) == [out_c, *values["kernel_size"], in_c] and list(bias.dims) == [out_c]
             assert text(values["activation"]) in ("ReLU", "None")
-            if text(values["precision"]) == "int8":
-                for name, kind in INT8_TYPES.items():
-                    assert a[name].type == kind
-                assert len(values["weight_dynamic_ranges"]) == out_c
-                assert all(math.isfinite(r) and r > 0 for r in values["weight_dynamic_ranges"])
-            else:
-                assert "input_dynamic_range" not in a and "weight_dynamic_ranges" not in a
+            # every layer carries its ranges (the fp16 stem too: calibrated, then disabled), as NVIDIA writes them
+            for name, kind in INT8_TYPES.items():
+                assert a[name].type == kind
+            assert len(values["weight_dynamic_ranges"]) == out_c
+            assert all(math.isfinite(r) and r > 0 for r in values["weight_dynamic_ranges"])
         for node in graph.node:
             values = attrs(node)
             if node.op_type == "Add":
@@ -126,7 +124,13 @@ def test_precision_rules_rulebooks_and_activations(exported: Exported) -> None:
     graph = exported.native.graph
     nodes = {n.name: attrs(n) for n in graph.node}
     stem = nodes["encoder.conv_input.0"]
-    assert text(stem["precision"]) == "fp16" and "input_dynamic_range" not in stem  # disabled by the recipe
+    assert text(stem["precision"]) == "fp16"  # disabled by the recipe, after calibration: its ranges are written
+    state = get_state(exported.model)
+    assert stem["input_dynamic_range"] == pytest.approx(
+        float(backend.get_amax(state.quantizers["encoder.conv_input.0.input"])), rel=1e-6)
+    stem_weight = numpy_helper.to_array(next(t for t in graph.initializer if t.name == "spconv0.weight"))
+    assert np.allclose(stem["weight_dynamic_ranges"], np.abs(stem_weight).reshape(len(stem_weight), -1).max(1),
+                       rtol=1e-3)  # max |W| of the folded weight in the file
     assert text(stem["activation"]) == "ReLU"  # [SubMConv3d, BatchNorm1d, ReLU] folded
     block1, block2 = nodes["encoder.block.conv1"], nodes["encoder.block.conv2"]
     assert text(block1["precision"]) == text(block2["precision"]) == "int8"
@@ -136,7 +140,6 @@ def test_precision_rules_rulebooks_and_activations(exported: Exported) -> None:
     assert down["subm"] == 0 and down["inverse"] == 0 and text(down["rulebook"]) == "down1"
     assert up["inverse"] == 1 and text(up["rulebook"]) == "down1"
     assert text(nodes["encoder.out.0"]["output_precision"]) == "fp16"  # feeds ScatterDense
-    state = get_state(exported.model)
     amax = float(backend.get_amax(state.quantizers["encoder.block.conv1.input"]))
     assert block1["input_dynamic_range"] == pytest.approx(amax, rel=1e-6)
     weight_amax = backend.get_amax(state.quantizers["encoder.block.conv1.weight"]).reshape(-1)
@@ -171,7 +174,7 @@ def test_executor_matches_pytorch_in_both_layouts(exported: Exported) -> None:
     assert text(attrs(scatter)["format"]) == exported.other
 
 
-def test_output_bound_from_calibration(exported: Exported) -> None:
+def test_output_bound_is_a_deployment_capacity(exported: Exported) -> None:
     counts: list[int] = []
     handles = [m.register_forward_hook(lambda mod, args, out: counts.append(out.features.shape[0]))
                for m in exported.model.encoder.modules() if sparse.is_sparse_conv(m)]
@@ -182,9 +185,10 @@ def test_output_bound_from_calibration(exported: Exported) -> None:
     finally:
         for handle in handles:
             handle.remove()
-    expected = math.ceil(max(counts) * 1.5)
     bounds = {attrs(n)["output_bound"] for n in exported.native.graph.node if n.op_type == "SparseConvolution"}
-    assert bounds == {expected} and exported.results[0]["max_points"] == max(counts)
+    assert bounds == {200000} and exported.results[0]["max_points"] == max(counts)
+    assert exported.results[0]["output_bound_used"] == round(max(counts) / 200000, 4)
+    assert not any("output_bound" in note for note in exported.results[0]["notes"])
 
 
 def test_two_exports_are_byte_identical_and_leave_nothing_behind(exported: Exported, tmp_path) -> None:
@@ -219,7 +223,7 @@ def test_executor_on_one_int8_conv_equals_a_dense_reference(tmp_path) -> None:
     inputs = [spconv.SparseConvTensor(b["voxel_features"], b["coors"], [9, 16, 16], 2) for b in batches]
     recipe = {"recipe": "one", "version": "1.0.0", "quantizers": {"a": {}, "w": {"per_channel": True}},
               "rules": [{"select": {"type": "SubMConv3d"}, "quantize": {"input": "a", "weight": "w"}}],
-              "export": [{"format": "onnx-sparse", "path": "one.onnx"}]}
+              "export": [{"format": "onnx-sparse", "path": "one.onnx", "allow_fp16_to_int8": True}]}  # reads "0"
     prepare(model, recipe, inputs)
     (result,) = export(model, recipe, tmp_path, inputs)
     proto = onnx.load(tmp_path / "one.onnx")

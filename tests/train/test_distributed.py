@@ -40,8 +40,8 @@ def test_two_gloo_ranks_calibrate_like_one_process_and_only_rank0_writes(tmp_pat
     assert "rank 0 done: calibration_batches=6" in done.stdout
     assert "rank 1 done: calibration_batches=6" in done.stdout
 
-    rank0, rank1 = tmp_path / "out" / "rank0", tmp_path / "out" / "rank1"
-    assert list(rank1.iterdir()) == []
+    rank0 = tmp_path / "out" / "rank0"
+    assert not [p for p in (tmp_path / "out").iterdir() if "rank1" in p.name]  # rank 1 writes nothing at all
     assert {"model.pt", "metrics.json", "recipe.lock.yaml", "qat_checkpoint.pt", "qat_log.jsonl"} <= {
         p.name for p in rank0.iterdir()}
     log = (rank0 / "qat_log.jsonl").read_text().splitlines()
@@ -82,7 +82,7 @@ def test_shards_are_disjoint_equal_and_resumable() -> None:
 
 def test_nproc_builds_a_torchrun_command() -> None:
     command = distributed.torchrun_command(2, ["run", "r.yaml", "--out", "o"])
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert command[:3] == [sys.executable, "-m", "recipe_engine.train.launch"]  # torchrun without its tracebacks
     assert "--nproc_per_node=2" in command and command[-5:] == ["recipe_engine.cli", "run", "r.yaml", "--out", "o"]
 
 

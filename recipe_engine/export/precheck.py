@@ -1,0 +1,99 @@
+"""Exportability checked before calibration: trace every ``export:`` entry's module on one batch.
+
+``recipe plan`` and the start of ``recipe run`` call :func:`check_exports`, so a module the
+exporter cannot express fails in seconds, located at its entry, instead of after calibration.
+Per entry, with every quantizer off (calibration has not run yet) and ``before_export`` fusions
+applied (on a copy of the model when the caller still needs the original, as ``recipe run`` does):
+
+- the module path exists (``export[i].module``);
+- its inputs from the first calibration batch are captured; a call with dicts needs
+  ``inputs``/``outputs`` (:mod:`.calls`), and the module may read no tensor the mapping misses;
+- ``onnx-qdq``: torch.onnx.export (TorchScript) of the module, without writing a file;
+- ``onnx-sparse``: the sparse trace (only spconv convs, +, relu, .dense(), permute, reshape);
+- ``tensorrt``: its ``source`` is an earlier ``onnx-qdq`` entry.
+
+Nothing is verified numerically here; that is the export step's job.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import nn
+
+from ..quant.apply import get_state
+from ..recipe.errors import RecipeError
+from ..recipe.loader import LoadedRecipe
+from ..recipe.schema import OnnxQdqExport, OnnxSparseExport, TensorRTExport
+from .calls import check_reads, wrap_call
+from .capture import capture, find_module
+from .quantizers import quantizers_off
+
+
+def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | None,
+                  forward: Callable[[nn.Module, Any], Any], *, quantized: bool = False, on_copy: bool = False) -> int:
+    """Trace every export entry's module on the first batch; returns how many were traced.
+
+    ``quantized``: ``model`` already went through ``apply`` (``recipe plan``); otherwise fusion
+    and quantization are applied here first (on a copy with ``on_copy``) so that the traced
+    module is the one the export will see. Raises a RecipeError located at the failing entry.
+    """
+    spec = loaded.spec
+    if not spec.export or batches is None:
+        return 0
+    for index, entry in enumerate(spec.export):
+        if isinstance(entry, TensorRTExport):
+            continue
+        try:
+            find_module(model, entry.module)
+        except RecipeError as exc:
+            raise loaded.error(("export", index, "module"), exc.headline, hint=exc.hint) from None
+    if on_copy:
+        model = copy.deepcopy(model)
+    if not quantized:
+        from ..pipeline import apply
+
+        apply(model, loaded, batches, forward)
+    from .runner import _fuse_before_export
+
+    _fuse_before_export(model, loaded)
+    state = get_state(model)
+    paths = [e.module or "" for e in spec.export if not isinstance(e, TensorRTExport)]
+    with quantizers_off(state):
+        try:
+            captured = capture(model, batches, forward, paths, count_batches=1)
+        except RecipeError as exc:
+            raise loaded.error(("export",), exc.headline, hint=exc.hint) from None
+        traced = 0
+        for index, entry in enumerate(spec.export):
+            if isinstance(entry, TensorRTExport):
+                continue
+            call = captured.inputs[entry.module or ""]
+            module = find_module(model, entry.module)
+            try:
+                _trace(module, entry, call.args, call.kwargs)
+            except RecipeError as exc:
+                key = ("export", index, getattr(exc, "key", "module"))
+                raise loaded.error(key, f"{entry.path}: not exportable: {exc.headline}", hint=exc.hint) from None
+            traced += 1
+    return traced
+
+
+def _trace(module: nn.Module, entry: OnnxQdqExport | OnnxSparseExport, args: tuple, kwargs: dict) -> None:
+    was_training = module.training
+    module.eval()
+    try:
+        runner, run_args, run_kwargs = wrap_call(module, args, kwargs, entry)
+        if isinstance(entry, OnnxSparseExport):
+            from .sparse_trace import trace_sparse
+
+            trace_sparse(module, entry.module or "", run_args, run_kwargs, runner=runner)
+        else:
+            from .onnx_qdq import export_qdq
+
+            export_qdq(runner, run_args, run_kwargs, entry.opset, False, entry.dynamic_axes)
+        check_reads(runner)
+    finally:
+        module.train(was_training)
