@@ -196,7 +196,7 @@ def _assign_precisions(ops: list[Op], convs: dict[int, ConvPlan], adds: dict[int
     for op in ops:
         if op.kind == "conv":
             plan = convs[id(op)]
-            quantizer = _input_quantizer_of(op.module) if plan.precision == "int8" else None
+            quantizer = getattr(op.module, "input_quantizer", None) if plan.precision == "int8" else None
             layers[id(op)] = scn_precision.Layer(op, plan.name, plan.precision, [quantizer])
         elif op.kind == "add":
             info = adds[id(op)]
@@ -211,10 +211,6 @@ def _assign_precisions(ops: list[Op], convs: dict[int, ConvPlan], adds: dict[int
             convs[id(op)].output_precision = chain.output[id(op)]
         elif op.kind == "add":
             adds[id(op)]["output_precision"] = chain.output[id(op)]
-
-
-def _input_quantizer_of(module: Any) -> Any:
-    return getattr(module, "input_quantizer", None)
 
 
 def _calibrated(quantizer: Any) -> float | None:
