@@ -208,7 +208,7 @@ def run(ctx: click.Context, recipe_file: str, overrides: tuple[str, ...], out_di
     run leaves its record (metrics.json, report.md, files so far) in <run directory>.failed.
     """
     from .recipe import load_recipe
-    from .util.rundir import safe_dir_name
+    from .recipe.paths import safe_dir_name
 
     loaded = load_recipe(recipe_file, overrides)
     target = out_dir or Path("runs") / safe_dir_name(loaded.spec.recipe)
@@ -249,7 +249,9 @@ def sensitivity(recipe_file: str, overrides: tuple[str, ...], out_dir: Path | No
     from .recipe import load_recipe
 
     loaded = load_recipe(recipe_file, overrides)
-    target = out_dir or Path("runs") / (loaded.spec.recipe.replace("/", "_") + "-sensitivity")
+    from .recipe.paths import safe_dir_name
+
+    target = out_dir or Path("runs") / (safe_dir_name(loaded.spec.recipe) + "-sensitivity")
     table = run_sensitivity(loaded, target, max_drop=max_drop, min_sqnr=min_sqnr)
     from rich.console import Console
     from rich.table import Table

@@ -2,7 +2,8 @@
 
 Modules: :mod:`.capture` (inputs recorded from a calibration batch), :mod:`.onnx_qdq`,
 :mod:`.fp16`, :mod:`.sparse_trace` + :mod:`.onnx_sparse` + :mod:`.scn_checks` (the sparse
-format), :mod:`.scn_rulebook` + :mod:`.scn_runtime` (its
+format; :mod:`.scn_precision` its int8 chains, :mod:`.scn_tail` its dense tails, :mod:`.scn_compat`
+the NVIDIA applications' profiles), :mod:`.scn_rulebook` + :mod:`.scn_runtime` (its
 reference runtime, independent of spconv), :mod:`.tensorrt`, :mod:`.verify`,
 :mod:`.artifact` and :mod:`.runner` (``export`` / ``run_exports``).
 

@@ -21,6 +21,8 @@ From a :class:`~.sparse_trace.SparseTrace` this module
   one a compatibility profile's application reads (:mod:`.scn_compat`).
 
 The batch axis is 1 in ``output_shape`` and in Reshape ``dims``: libspconv runs one sample.
+(A little over 400 lines: conv planning, checks and emission share :class:`ConvPlan`; the tails
+live in :mod:`.scn_tail` and the precision chain in :mod:`.scn_precision`.)
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ from ..quant import backend, sparse
 from ..recipe.errors import RecipeError
 from . import scn_precision
 from .quantizers import amax_problem
-from .scn_checks import TRANSPOSE_DIMS, check_scn
-from .scn_compat import Profile, expected_dims, get_profile
+from .scn_checks import check_scn
+from .scn_compat import get_profile
+from .scn_tail import REVERSE, OutputPlan, plan_output
 from .sparse_trace import Op, SparseTrace
 
-REVERSE = [0, 1, 4, 3, 2]  # N, C, a, b, c -> N, C, c, b, a
+__all__ = ["REVERSE", "ConvPlan", "OutputPlan", "SparseExport", "build_scn", "plan_conv", "plan_output"]
 DEFAULT_OUTPUT_BOUND = 200000  # NVIDIA's exporters write 200000; libspconv's parser default is 150000
 
 
@@ -60,17 +63,6 @@ class ConvPlan:
     activation: str = "None"
     output_precision: str = "fp16"
     note: str | None = None
-
-
-@dataclass
-class OutputPlan:
-    """How one graph output is made from a scatter: Transpose ``perm`` (or None), Reshape ``dims`` (or None)."""
-
-    scatter: int  # value index of the scatter op output
-    perm: list[int] | None
-    dims: list[int] | None
-    exact: bool  # equals the PyTorch module's output (else the spatial axes are in the runtime's order)
-    axes: list[str]
 
 
 @dataclass
@@ -203,97 +195,6 @@ def _fold_relus(trace: SparseTrace, convs: dict[int, ConvPlan]) -> tuple[list[Op
     return kept, alias
 
 
-# ----------------------------------------------------------------------------- dense tails
-def plan_output(trace: SparseTrace, value: int, layout: str, convert: bool,
-                profile: Profile | None = None) -> OutputPlan:
-    """The ScatterDense -> [Transpose] -> [Reshape] tail that reproduces output ``value`` (or ``profile``'s)."""
-    producer = {op.output: op for op in trace.ops}
-    chain: list[Op] = []
-    current = producer[value]
-    while current.kind != "scatter":
-        chain.append(current)
-        current = producer[current.inputs[0]]
-    chain.reverse()
-    scatter = current
-    axes = ["N", "s0", "s1", "s2", "C"]  # the channels-last scatter inside SparseConvTensor.dense()
-    model_shape = list(trace.values[scatter.output].shape)
-    reshape: list[int] | None = None
-    for op in chain:
-        if op.kind == "permute":
-            if reshape is not None:
-                raise RecipeError("onnx-sparse: a permute after a reshape of the dense output cannot be expressed")
-            axes = [axes[p] for p in op.info["perm"]]
-            model_shape = list(trace.values[op.output].shape)
-        elif op.kind == "reshape":
-            reshape = list(op.info["shape"])
-    if axes[:2] != ["N", "C"]:
-        raise RecipeError(f"onnx-sparse: the dense output has axes {axes}; ScatterDense writes channels first "
-                          "(use SparseConvTensor.dense() with channels_first=True)")
-    spatial = ["s0", "s1", "s2"] if not convert else ["s2", "s1", "s0"]
-    file_axes = ["N", "C", *spatial]
-    if profile is not None:
-        return _profile_output(trace, scatter, file_axes, axes, reshape, layout, profile)
-    allowed = TRANSPOSE_DIMS[layout]
-    candidates = [(None, file_axes), (allowed, [file_axes[p] for p in allowed])]
-    exact = next(((p, a) for p, a in candidates if a == axes), None)
-    if exact is None and not convert:
-        raise RecipeError(f"onnx-sparse: the model arranges its dense output as {axes}; after a {layout!r} "
-                          f"ScatterDense libspconv can only produce {candidates[0][1]} or {candidates[1][1]}")
-    # converting layouts may make the model's arrangement inexpressible: take the closest candidate, keeping the
-    # axis that follows C (it merges with C in BEV reshapes), and let verification compare in that arrangement
-    chosen = exact or max(candidates, key=lambda c: (c[1][2] == axes[2],
-                                                     sum(x == y for x, y in zip(c[1], axes, strict=True))))
-    out_shape = _axes_shape(scatter, chosen[1])
-    dims = None
-    if reshape is not None:
-        batch = trace.values[scatter.output].shape[0]
-        if reshape[0] != batch:
-            raise RecipeError(f"onnx-sparse: the dense output is reshaped to {reshape}, which changes the batch axis")
-        if exact is not None:
-            dims = [1, *reshape[1:]]
-        else:
-            dims = [1, *_merge_like(model_shape, reshape, out_shape)[1:]]
-    return OutputPlan(scatter.output, chosen[0], dims, exact is not None, chosen[1])
-
-
-def _profile_output(trace: SparseTrace, scatter: Op, file_axes: list[str], model_axes: list[str],
-                    model_reshape: list[int] | None, layout: str, profile: Profile) -> OutputPlan:
-    """The tail ``profile``'s application reads; ``exact`` when the model's output is arranged the same way."""
-    perm, dims = expected_dims(profile, layout, _axes_shape(scatter, file_axes))
-    axes = [file_axes[p] for p in perm] if perm else file_axes
-    batch = trace.values[scatter.output].shape[0]
-    exact = axes == model_axes and model_reshape is not None and list(model_reshape) == [batch, *dims[1:]]
-    return OutputPlan(scatter.output, perm, dims, exact, axes)
-
-
-def _axes_shape(scatter: Op, axes: list[str]) -> list[int]:
-    info = scatter.info
-    sizes = {"N": info["batch_size"], "C": info["channels"]}
-    for i, size in enumerate(info["spatial_shape"]):
-        sizes[f"s{i}"] = size
-    return [sizes[a] for a in axes]
-
-
-def _merge_like(model_shape: list[int], reshape: list[int], file_shape: list[int]) -> list[int]:
-    """Apply the model's reshape (a merge of adjacent axes) to the file's axis sizes."""
-    groups: list[list[int]] = []
-    axis = 0
-    for size in reshape:
-        group, product = [], 1
-        while axis < len(model_shape) and (product < size or not group):
-            product *= model_shape[axis]
-            group.append(axis)
-            axis += 1
-        while axis < len(model_shape) and model_shape[axis] == 1 and product == size and size != 1:
-            group.append(axis)
-            axis += 1
-        if product != size:
-            raise RecipeError(f"onnx-sparse: reshape {model_shape} -> {reshape} is not a merge of adjacent axes; "
-                              "it cannot be carried over to another layout")
-        groups.append(group)
-    return [int(np.prod([file_shape[a] for a in g])) for g in groups]
-
-
 # ----------------------------------------------------------------------------- precisions
 def _assign_precisions(ops: list[Op], convs: dict[int, ConvPlan], adds: dict[int, dict], alias: dict[int, int],
                        names_of: dict[int, list[str]], classes: dict[str, type], allow_fp16_to_int8: bool,
@@ -303,7 +204,7 @@ def _assign_precisions(ops: list[Op], convs: dict[int, ConvPlan], adds: dict[int
     for op in ops:
         if op.kind == "conv":
             plan = convs[id(op)]
-            quantizer = _input_quantizer_of(op.module) if plan.precision == "int8" else None
+            quantizer = getattr(op.module, "input_quantizer", None) if plan.precision == "int8" else None
             layers[id(op)] = scn_precision.Layer(op, plan.name, plan.precision, [quantizer])
         elif op.kind == "add":
             info = adds[id(op)]
@@ -318,10 +219,6 @@ def _assign_precisions(ops: list[Op], convs: dict[int, ConvPlan], adds: dict[int
             convs[id(op)].output_precision = chain.output[id(op)]
         elif op.kind == "add":
             adds[id(op)]["output_precision"] = chain.output[id(op)]
-
-
-def _input_quantizer_of(module: Any) -> Any:
-    return getattr(module, "input_quantizer", None)
 
 
 def _calibrated(quantizer: Any) -> float | None:

@@ -27,7 +27,6 @@ import datetime
 import fcntl
 import json
 import os
-import re
 import shutil
 import socket
 import sys
@@ -44,15 +43,6 @@ if TYPE_CHECKING:
     from ..recipe.loader import LoadedRecipe
 
 QAT_FILES = ("qat_checkpoint.pt", "qat_best.pt")
-
-
-def safe_dir_name(name: str) -> str:
-    """A recipe name usable as one directory name (no separators, never ``.``/``..``/hidden).
-
-    A private stand-in for ``recipe_engine.recipe.paths.safe_dir_name`` until that module exists.
-    """
-    text = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "run"
-    return text
 
 
 def _notice(text: str) -> None:

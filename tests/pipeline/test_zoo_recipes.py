@@ -30,7 +30,8 @@ def test_centerpoint_int8_within_two_map_points(tmp_path) -> None:
     print(f"centerpoint fp32 {metrics['fp32']['mAP']:.2f} int8 {metrics['int8']['mAP']:.2f} drop {drop:.2f}")
     assert metrics["fp32"]["mAP"] >= 40.0
     assert drop <= 2.0
-    assert metrics["disabled"] == 7 and metrics["fused"] == 30
+    assert metrics["disabled"] == 6 and metrics["fused"] == 30  # conv1.0's conv1 input and add: one quantizer
+    assert metrics["shared_groups"] == 9  # the BEV concat + one tie per SparseBasicBlock (an int8 chain)
     assert metrics["quantizers"] > 50
 
 
@@ -47,6 +48,6 @@ def test_bevfusion_int8_within_two_map_points(tmp_path) -> None:
     drop = metrics["fp32"]["mAP"] - metrics["int8"]["mAP"]
     assert metrics["fp32"]["mAP"] >= 40.0
     assert drop <= 2.0
-    assert metrics["shared_groups"] == 6  # 3 Bottleneck ties + FPN, fuser and decoder concats
+    assert metrics["shared_groups"] == 14  # 3 Bottleneck ties + FPN, fuser and decoder concats + 8 lidar blocks
     assert {e["path"]: e["status"] for e in metrics["exports"]} == {
         "lidar_scn.onnx": "ok", "camera.onnx": "ok", "fusion_bev.onnx": "ok", "fusion_bev.engine": "skipped"}
