@@ -43,7 +43,9 @@ class RecipeError(Exception):
                  hint: str | None = None, key: tuple | None = None):
         self.diagnostics: list[Diagnostic] = list(diagnostics or [])
         self.hint = hint
-        self.key = key  # the recipe key it is about, when raised without a position (see LoadedRecipe.located)
+        # the recipe key it is about, when raised without a position (see LoadedRecipe.located); a subclass
+        # may have set its own before calling this
+        self.key = key if key is not None else getattr(self, "key", None)
         self.headline = message or (self.diagnostics[0].message if self.diagnostics else "invalid recipe")
         super().__init__(self.format())
 

@@ -70,7 +70,7 @@ class LoadedRecipe:
         except RecipeError as exc:
             if exc.diagnostics:
                 raise
-            key = exc.key or _leading_key(exc.headline)
+            key = exc.key if isinstance(exc.key, tuple) and exc.key else _leading_key(exc.headline)
             if not key:
                 raise
             raise RecipeError(diagnostics=[Diagnostic(self.position(*key), exc.headline, exc.hint)]) from None
