@@ -77,8 +77,8 @@ def safe_dir_name(recipe_name: str) -> str:
 
     Separators and characters outside ``[A-Za-z0-9_.-]`` become ``_``; leading dots are dropped,
     so ``..``, ``a/../b`` or ``/etc`` can never name a parent, an absolute or a hidden directory.
-    An empty result becomes ``recipe``.
+    An empty result becomes ``run``.
     """
     name = _UNSAFE_DIR_CHARS.sub("_", str(recipe_name)).lstrip(".")
     name = name[:100]
-    return name if name.strip("._") else "recipe"
+    return name if name.strip("._") else "run"

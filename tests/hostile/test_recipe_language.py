@@ -132,7 +132,7 @@ def test_safe_dir_name_is_one_plain_component(name: str) -> None:
 def test_safe_dir_name_keeps_ordinary_names() -> None:
     assert safe_dir_name("digits-int8") == "digits-int8"
     assert safe_dir_name("base/int8_tensorrt") == "base_int8_tensorrt"  # as the CLI has always done
-    assert safe_dir_name("..") == "recipe"
+    assert safe_dir_name("..") == "run"
     assert safe_dir_name("a/../b") == "a_.._b"
 
 
