@@ -75,7 +75,7 @@ def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | No
             try:
                 _trace(module, entry, call.args, call.kwargs)
             except RecipeError as exc:
-                key = ("export", index, getattr(exc, "key", "module"))
+                key = ("export", index, getattr(exc, "entry_key", "module"))
                 raise loaded.error(key, f"{entry.path}: not exportable: {exc.headline}", hint=exc.hint) from None
             traced += 1
     return traced
