@@ -31,11 +31,11 @@ from ..recipe.errors import RecipeError
 
 
 class MappingError(RecipeError):
-    """A wrong ``inputs``/``outputs`` mapping; ``key`` is the entry key it is about (for the location)."""
+    """A wrong ``inputs``/``outputs`` mapping; ``entry_key`` is the export entry's key it is about."""
 
-    def __init__(self, key: str, message: str, hint: str | None = None):
-        self.key = key
+    def __init__(self, entry_key: str, message: str, hint: str | None = None):
         super().__init__(message, hint=hint)
+        self.entry_key = entry_key
 
 
 class _ReadLog(dict):

@@ -9,7 +9,10 @@ applied (on a copy of the model when the caller still needs the original, as ``r
 - its inputs from the first calibration batch are captured; a call with dicts needs
   ``inputs``/``outputs`` (:mod:`.calls`), and the module may read no tensor the mapping misses;
 - ``onnx-qdq``: torch.onnx.export (TorchScript) of the module, without writing a file;
-- ``onnx-sparse``: the sparse trace (only spconv convs, +, relu, .dense(), permute, reshape);
+- ``onnx-sparse``: the sparse trace (only spconv convs, +, relu, .dense(), permute, reshape) and
+  its int8 chain (:func:`.scn_precision.check_trace`: an int8 layer that would read fp16 is an
+  error unless the entry sets ``allow_fp16_to_int8``); it needs only which quantizers are
+  enabled and shared, so the recipe's ``disable`` list is applied to the copy first;
 - ``tensorrt``: its ``source`` is an earlier ``onnx-qdq`` entry.
 
 Nothing is verified numerically here; that is the export step's job.
@@ -23,13 +26,14 @@ from typing import Any
 
 from torch import nn
 
-from ..quant.apply import get_state
+from ..quant.apply import disable_matching, get_state
 from ..recipe.errors import RecipeError
 from ..recipe.loader import LoadedRecipe
 from ..recipe.schema import OnnxQdqExport, OnnxSparseExport, TensorRTExport
 from .calls import check_reads, wrap_call
 from .capture import capture, find_module
 from .quantizers import quantizers_off
+from .scn_precision import check_trace
 
 
 def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | None,
@@ -60,6 +64,9 @@ def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | No
 
     _fuse_before_export(model, loaded)
     state = get_state(model)
+    with loaded.located():
+        disable_matching(state, spec.disable)  # precisions follow what stays enabled after calibration
+    sparse_traces = []
     paths = [e.module or "" for e in spec.export if not isinstance(e, TensorRTExport)]
     with quantizers_off(state):
         try:
@@ -73,15 +80,24 @@ def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | No
             call = captured.inputs[entry.module or ""]
             module = find_module(model, entry.module)
             try:
-                _trace(module, entry, call.args, call.kwargs)
+                trace = _trace(module, entry, call.args, call.kwargs)
             except RecipeError as exc:
-                key = ("export", index, exc.key if isinstance(exc.key, str) else "module")
+                key = ("export", index, getattr(exc, "entry_key", "module"))
                 raise loaded.error(key, f"{entry.path}: not exportable: {exc.headline}", hint=exc.hint) from None
+            if trace is not None:
+                sparse_traces.append((index, entry, trace))
             traced += 1
+    names_of = {id(q): names for names, q in state.unique()}
+    for index, entry, trace in sparse_traces:  # with the quantizers' own enabled state restored
+        try:
+            check_trace(trace, names_of, entry.allow_fp16_to_int8)
+        except RecipeError as exc:
+            raise loaded.error(("export", index), f"{entry.path}: {exc.headline}", hint=exc.hint) from None
     return traced
 
 
-def _trace(module: nn.Module, entry: OnnxQdqExport | OnnxSparseExport, args: tuple, kwargs: dict) -> None:
+def _trace(module: nn.Module, entry: OnnxQdqExport | OnnxSparseExport, args: tuple, kwargs: dict) -> Any:
+    """The sparse trace of an ``onnx-sparse`` entry (None for ``onnx-qdq``); raises when not exportable."""
     was_training = module.training
     module.eval()
     try:
@@ -89,11 +105,13 @@ def _trace(module: nn.Module, entry: OnnxQdqExport | OnnxSparseExport, args: tup
         if isinstance(entry, OnnxSparseExport):
             from .sparse_trace import trace_sparse
 
-            trace_sparse(module, entry.module or "", run_args, run_kwargs, runner=runner)
+            trace = trace_sparse(module, entry.module or "", run_args, run_kwargs, runner=runner)
         else:
             from .onnx_qdq import export_qdq
 
+            trace = None
             export_qdq(runner, run_args, run_kwargs, entry.opset, False, entry.dynamic_axes)
         check_reads(runner)
     finally:
         module.train(was_training)
+    return trace

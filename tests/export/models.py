@@ -253,6 +253,7 @@ SKIP_UNET_RECIPE = {
              {"pattern": ["SubMConv3d|SparseInverseConv3d", "BatchNorm1d"]}],
     "rules": [{"select": {"type": ["SubMConv3d", "SparseConv3d", "SparseInverseConv3d"]},
                "quantize": {"input": "act", "weight": "w"}}],
+    "share": [["skip.0.input", "down.0.input"]],  # one int8 tensor (stem's output), one scale
     "disable": ["stem.*"],
     "calibration": {"method": "max"},
 }

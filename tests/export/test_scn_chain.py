@@ -26,7 +26,7 @@ from recipe_engine.export.scn_checks import check_scn, int8_fed_by_fp16
 from recipe_engine.export.scn_precision import check_trace
 from recipe_engine.export.sparse_trace import trace_sparse
 from recipe_engine.fuse import apply_fusions
-from recipe_engine.pipeline import apply, prepare
+from recipe_engine.pipeline import apply, plan_recipe, prepare
 from recipe_engine.quant import sparse
 from recipe_engine.quant.apply import disable_matching, get_state
 from recipe_engine.recipe.errors import RecipeError
@@ -171,6 +171,11 @@ def test_a_broken_chain_is_a_located_error(write, tmp_path) -> None:
           - {format: onnx-sparse, module: encoder, path: scn.onnx}
         """)
     loaded = load_recipe(path)
+    # recipe plan finds the break before any calibration
+    with pytest.raises(RecipeError) as planned:
+        plan_recipe(loaded)
+    assert str(planned.value).startswith(f"{path}:22:5: export[0]: scn.onnx: onnx-sparse: 2 int8 layer(s) would "
+                                         "read fp16 tensors (encoder.down.0, encoder.add0)")
     model = data_mod.build_model(loaded)
     batches, forward = data_mod.make_data(loaded, "calibration"), data_mod.forward_fn(loaded)
     prepare(model, loaded, batches, forward)

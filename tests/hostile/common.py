@@ -42,8 +42,9 @@ def recipe_command(*args: str, hook: str = "plain") -> list[str]:
     return [sys.executable, "-m", "tests.hostile.killable", hook, *args]
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(recipe_command(*args), env={**env(), **extra}, cwd=cwd or ROOT, capture_output=True,
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, hook: str = "plain",
+            **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(recipe_command(*args, hook=hook), env={**env(), **extra}, cwd=cwd or ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -120,8 +120,7 @@ def test_a_second_run_into_an_active_directory_is_refused(tmp_path, complete_run
     assert_coherent(out)
 
 
-def test_failed_export_keeps_previous_run_and_records_figures_without_writing_outside(tmp_path,
-                                                                                      complete_run) -> None:
+def test_export_path_outside_the_run_directory_is_refused_before_any_work(tmp_path, complete_run) -> None:
     out = complete_run
     before, around = snapshot(out), snapshot(tmp_path)
     bad = copy.deepcopy(RECIPE)
@@ -131,11 +130,25 @@ def test_failed_export_keeps_previous_run_and_records_figures_without_writing_ou
     no_traceback(done.stderr)
     assert "bad.yaml:" in done.stderr and "export" in done.stderr
     assert snapshot(out) == before
+    assert not (out.parent / "x.failed").exists()  # refused at validation: nothing ran
+    outside = {k for k in snapshot(tmp_path) if k not in around}
+    assert outside == {"bad.yaml"}, outside  # nothing written outside the run directory
+
+
+def test_failed_export_keeps_previous_run_and_records_figures(tmp_path, complete_run) -> None:
+    out = complete_run
+    before, around = snapshot(out), snapshot(tmp_path)
+    done = run_cli("run", str(write_recipe(tmp_path, RECIPE, "late.yaml")), "--out", str(out),
+                   hook="failexport")
+    assert done.returncode == 1
+    no_traceback(done.stderr)
+    assert "late.yaml:" in done.stderr and "simulated export failure" in done.stderr
+    assert snapshot(out) == before
     record = assert_failed_record(out.parent / "x.failed")
     assert record["failure"]["stage"] == "export" and "fp32" in record and "int8" in record
     assert (out.parent / "x.failed" / "model.pt").is_file()
     outside = {k for k in snapshot(tmp_path) if k not in around and not k.startswith("runs/x.failed/")}
-    assert outside == {"bad.yaml"}, outside  # nothing written outside the run directory
+    assert outside == {"late.yaml"}, outside
 
 
 def test_a_later_complete_run_replaces_the_failed_record_and_drops_artifacts_of_the_previous_run(tmp_path) -> None:
