@@ -72,6 +72,8 @@ def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | No
         try:
             captured = capture(model, batches, forward, paths, count_batches=1)
         except RecipeError as exc:
+            if exc.diagnostics:  # already located (the user's forward or data raised): keep its key
+                raise
             raise loaded.error(("export",), exc.headline, hint=exc.hint) from None
         traced = 0
         for index, entry in enumerate(spec.export):
