@@ -21,7 +21,7 @@ from torch import nn
 from . import data as data_mod
 from .calib.loop import CalibrationResult
 from .calib.loop import calibrate as _calibrate_state
-from .quant import backend, cpu_compat
+from .quant import backend
 from .quant.apply import QuantState, apply_quantization, disable_matching, get_state, plan_quantization
 from .recipe.errors import RecipeError
 from .recipe.loader import LoadedRecipe, load_recipe, load_recipe_data
@@ -143,8 +143,8 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None) -> n
 
         model = import_callable(spec.model.factory, what="model.factory")(**spec.model.kwargs)
     apply(model, loaded, op_sites=payload["op_sites"])
-    cpu_compat.load_state_dict(model, payload["state_dict"], strict=True)  # amax restored on CPU
     state = get_state(model)
+    backend.load_state_dict(model, payload["state_dict"], strict=True, backend=state.backend)  # amax on CPU
     for name in payload["disabled"]:
         if name in state.quantizers:
             backend.set_enabled(state.quantizers[name], False)

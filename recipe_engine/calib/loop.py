@@ -16,7 +16,7 @@ from ..quant.apply import QuantState, get_state
 from ..recipe.errors import RecipeError
 from ..recipe.schema import CalibrationSection
 from ..util.progress import progress
-from .amax_search import compute_amax
+from .methods import amax_from_statistics
 
 
 @dataclass
@@ -37,7 +37,7 @@ def collect_statistics(
     show_progress: bool = True,
 ) -> int:
     """Run up to ``limit`` batches through ``model`` with all quantizers collecting statistics."""
-    quantizers = [q for _, q in state.unique() if not getattr(q, "_recipe_fixed_amax", False)]
+    quantizers = [q for _, q in state.unique() if not state.is_fixed(q)]
     for quantizer in quantizers:
         backend.start_calibration(quantizer)
     was_training = model.training
@@ -76,7 +76,8 @@ def finish_calibration(state: QuantState, settings: CalibrationSection) -> dict[
     summary: dict[str, dict] = {}
     for names, quantizer in state.unique():
         label = names[0] if len(names) == 1 else f"{names[0]} (shared with {', '.join(names[1:])})"
-        if getattr(quantizer, "_recipe_fixed_amax", False):
+        settings_of = state.settings_of(quantizer)
+        if settings_of.fixed_amax:
             amax = backend.get_amax(quantizer)
         else:
             if not backend.has_statistics(quantizer):
@@ -84,20 +85,13 @@ def finish_calibration(state: QuantState, settings: CalibrationSection) -> dict[
                     f"quantizer {label} saw no data during calibration",
                     hint="the module never ran on the calibration batches: disable it or fix the data",
                 )
-            method = getattr(quantizer, "_recipe_method", None) or settings.method
+            method = settings_of.method or settings.method
             if not backend.is_histogram(quantizer):
                 method = "max"
+            info = backend.describe(quantizer)
             try:
-                if method == "max" and backend.is_histogram(quantizer):
-                    amax = backend.histogram_range(quantizer)
-                else:
-                    amax = compute_amax(
-                        backend.calibrator_of(quantizer),
-                        method,
-                        percentile=settings.percentile,
-                        start_bin=settings.start_bin,
-                        stride=settings.stride,
-                    )
+                amax = amax_from_statistics(backend.calibration_statistics(quantizer), method,
+                                            info["num_bits"], bool(info["unsigned"]), settings)
             except ValueError as exc:
                 raise RecipeError(f"quantizer {label}: {exc}") from None
             amax = _check_amax(label, amax)
@@ -108,7 +102,7 @@ def finish_calibration(state: QuantState, settings: CalibrationSection) -> dict[
             "amax_min": float(flat.min()),
             "amax_max": float(flat.max()),
             "channels": int(flat.numel()),
-            "method": "fixed" if getattr(quantizer, "_recipe_fixed_amax", False) else method,
+            "method": "fixed" if settings_of.fixed_amax else method,
         }
     return summary
 

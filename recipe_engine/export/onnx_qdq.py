@@ -108,11 +108,10 @@ def export_mode(module: nn.Module) -> Iterator[None]:
     """Eval mode and torch-native fake quantization (Q/DQ in ONNX), both restored afterwards."""
     was_training = module.training
     module.eval()
-    backend.fake_quant_export_mode(True)
     try:
-        yield
+        with backend.export_mode():
+            yield
     finally:
-        backend.fake_quant_export_mode(False)
         module.train(was_training)
 
 

@@ -143,8 +143,8 @@ def plan_conv(op: Op, convert: bool, names_of: dict[int, list[str]]) -> ConvPlan
     if module.inverse and not attrs["rulebook"]:
         raise RecipeError(f"onnx-sparse: inverse conv {op.path} has no indice_key")
     plan = ConvPlan(op, name, weight, bias, attrs, "fp16", activation=activation)
-    input_q = getattr(module, "_input_quantizer", None)
-    weight_q = getattr(module, "_weight_quantizer", None)
+    input_q = backend.module_quantizer(module, "input")
+    weight_q = backend.module_quantizer(module, "weight")
     enabled = [q is not None and backend.is_enabled(q) for q in (input_q, weight_q)]
     if all(enabled):
         _check_int8_quantizer(input_q, _quantizer_names(names_of, input_q))
