@@ -25,9 +25,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from torch import nn
+if TYPE_CHECKING:  # the registry itself stays free of torch (the recipe schema checks names with it)
+    from torch import nn
 
 DEFAULT = "pytorch-quantization"
 
