@@ -24,23 +24,12 @@ from .calib.loop import calibrate as _calibrate_state
 from .quant import backend
 from .quant.apply import QuantState, apply_quantization, disable_matching, get_state, plan_quantization
 from .recipe.errors import RecipeError
-from .recipe.loader import LoadedRecipe, load_recipe, load_recipe_data
+from .recipe.loader import LoadedRecipe, as_loaded, load_recipe, load_recipe_data  # noqa: F401 - as_loaded re-exported
 from .recipe.lock import lock_text
 from .recipe.schema import Recipe
 from .util.atomic import atomic_save, atomic_write_text
 
 MODEL_FILE_FORMAT = "recipe-engine/model/1"
-
-
-def as_loaded(recipe: LoadedRecipe | Recipe | str | os.PathLike | dict) -> LoadedRecipe:
-    """Accept a loaded recipe, a Recipe model, a path or a plain dict."""
-    if isinstance(recipe, LoadedRecipe):
-        return recipe
-    if isinstance(recipe, Recipe):
-        return LoadedRecipe(spec=recipe, path=Path("<python>"), files=[], positions={})
-    if isinstance(recipe, dict):
-        return load_recipe_data(recipe)
-    return load_recipe(recipe)
 
 
 def _first_batch_runner(model: nn.Module, batches: Iterable | None, forward: Callable) -> Callable[[], Any] | None:
@@ -278,7 +267,7 @@ def _run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress:
         timings["evaluate_int8_seconds"] = time.perf_counter() - tick
 
     if spec.tune is not None:
-        from .analyze.runner import run_tune
+        from .analyze.tune import run_tune
 
         tick = time.perf_counter()
         metrics["tune"] = run_tune(model, loaded, out, calib_batches, val_batches, forward, evaluate,

@@ -67,7 +67,7 @@ def export(model: nn.Module, recipe: LoadedRecipe | Recipe | str | os.PathLike |
     ``batches`` are calibration batches (the first one supplies the exported modules' inputs);
     ``forward(model, batch)`` runs one (default: ``model(**batch)`` / ``model(*batch)`` / ``model(batch)``).
     """
-    from ..pipeline import as_loaded
+    from ..recipe.loader import as_loaded
 
     return run_exports(model, as_loaded(recipe), out_dir, batches, forward)
 

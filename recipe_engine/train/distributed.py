@@ -173,7 +173,7 @@ def calibration_shard(model: nn.Module, batches: Iterable, limit: int | None,
     """
     if not is_distributed():
         return batches
-    from ..calib.loop import collect_statistics
+    from ..calib.collect import collect_statistics
     from ..quant import backend
     from ..quant.apply import get_state
 
