@@ -95,6 +95,9 @@ class Backend(Protocol):
     def load_state_dict(self, model: nn.Module, state_dict: dict, strict: bool = True) -> Any:
         """``model.load_state_dict`` that also restores amax buffers missing in a fresh model (on CPU)."""
 
+    # Optional: ``finish_onnx(model_proto) -> int`` rewrites what the library's ONNX symbolics wrote
+    # (e.g. custom ops into standard ones) and returns how many nodes changed; raises ValueError.
+
 
 BackendSource = Backend | str | Callable[[], Backend]
 _SOURCES: dict[str, BackendSource] = {}

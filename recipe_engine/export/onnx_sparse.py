@@ -83,6 +83,9 @@ def _quantizer_names(names_of: dict[int, list[str]], quantizer: Any) -> str:
 
 
 def _check_int8_quantizer(quantizer: Any, label: str, per_channel: int | None = None) -> None:
+    if backend.describe(quantizer).get("format", "int") != "int":
+        raise RecipeError(f"onnx-sparse: quantizer {label} is {backend.describe(quantizer)['format']}; libspconv "
+                          "runs int8 or fp16 layers only", hint="give sparse convolutions an int8 quantizer")
     problem = amax_problem(quantizer)
     if problem:
         raise RecipeError(f"onnx-sparse: quantizer {label} {problem}",

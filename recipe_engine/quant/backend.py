@@ -178,6 +178,16 @@ def export_mode() -> Iterator[None]:
         yield
 
 
+def finish_onnx(model) -> int:
+    """Let every loaded backend rewrite its library's ONNX output into standard ops (in place)."""
+    changed = 0
+    for owner in list(backends.loaded()):
+        finish = getattr(owner, "finish_onnx", None)
+        if finish is not None:
+            changed += finish(model)
+    return changed
+
+
 def load_state_dict(model: nn.Module, state_dict: dict, strict: bool = True, backend: str | None = None):
     """``model.load_state_dict`` restoring amax buffers a freshly quantized model lacks (CPU-safe)."""
     return backends.get(backend).load_state_dict(model, state_dict, strict=strict)
