@@ -81,7 +81,7 @@ def test_same_amax_for_every_quantizer_and_method(both) -> None:
 def test_modelopt_model_saves_and_loads_on_cpu(both, tmp_path) -> None:
     loaded, model, state, batches, forward = both["modelopt"]
     save_quantized(model, tmp_path / "model.pt", loaded)
-    restored = load_quantized(tmp_path / "model.pt")
+    restored = load_quantized(tmp_path / "model.pt", model=data_mod.build_model(loaded))
     batch = batches[0] if isinstance(batches, list) else next(iter(batches))
     with torch.no_grad():
         model.eval()
