@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # CPU builds: torch 2.13.0 (a CPU wheel; never pull a multi-GB CUDA build here) and spconv's CPU wheel.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,dev,modelopt
 
 .PHONY: demo test lint bench schema clean
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pytorch_quantization.calib import HistogramCalibrator
 
-from recipe_engine.calib.amax_search import compute_amax
+from recipe_engine.backends.pytorch_quantization.calibrators import compute_amax
 
 
 @contextlib.contextmanager

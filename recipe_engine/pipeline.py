@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import tempfile
@@ -22,10 +23,10 @@ from torch import nn
 from . import data as data_mod
 from .calib.loop import CalibrationResult
 from .calib.loop import calibrate as _calibrate_state
-from .quant import backend, cpu_compat
+from .quant import backend
 from .quant.apply import QuantState, apply_quantization, disable_matching, get_state, plan_quantization
 from .recipe.errors import RecipeError
-from .recipe.loader import LoadedRecipe, load_recipe, load_recipe_data
+from .recipe.loader import LoadedRecipe, as_loaded, load_recipe, load_recipe_data  # noqa: F401 - as_loaded re-exported
 from .recipe.lock import lock_text
 from .recipe.schema import Recipe
 from .util.atomic import atomic_save, atomic_write_text, confined
@@ -33,17 +34,6 @@ from .util.imports import imports_refused
 from .util.rundir import RunDirectory, RunRecord, open_for_recipe, record_failure
 
 MODEL_FILE_FORMAT = "recipe-engine/model/1"
-
-
-def as_loaded(recipe: LoadedRecipe | Recipe | str | os.PathLike | dict) -> LoadedRecipe:
-    """Accept a loaded recipe, a Recipe model, a path or a plain dict."""
-    if isinstance(recipe, LoadedRecipe):
-        return recipe
-    if isinstance(recipe, Recipe):
-        return LoadedRecipe(spec=recipe, path=Path("<python>"), files=[], positions={})
-    if isinstance(recipe, dict):
-        return load_recipe_data(recipe)
-    return load_recipe(recipe)
 
 
 def _first_batch_runner(model: nn.Module, batches: Iterable | None, forward: Callable) -> Callable[[], Any] | None:
@@ -191,8 +181,8 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, *,
     guard = contextlib.nullcontext() if trust_recipe else imports_refused(f"{path}'s recipe")
     with guard:
         _apply(model, loaded, None, data_mod.default_forward, payload["op_sites"])
-    cpu_compat.load_state_dict(model, payload["state_dict"], strict=True)  # amax restored on CPU
     state = get_state(model)
+    backend.load_state_dict(model, payload["state_dict"], strict=True, backend=state.backend)  # amax on CPU
     for name in payload["disabled"]:
         if name in state.quantizers:
             backend.set_enabled(state.quantizers[name], False)
@@ -261,7 +251,7 @@ def plan_recipe(loaded: LoadedRecipe) -> PlanResult:
     if loaded.spec.export:
         from .export.precheck import check_exports
 
-        check_exports(model, loaded, batches, forward, quantized=True)  # fails here, located, when not exportable
+        check_exports(model, loaded, batches, forward)  # fails here, located, when not exportable
     return result
 
 
@@ -338,7 +328,10 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
     if spec.export:
         from .export.precheck import check_exports
 
-        check_exports(model, loaded, calib_batches, forward, on_copy=True)  # before any calibration
+        probe = copy.deepcopy(model)  # the run goes on with the untouched model
+        _apply(probe, loaded, calib_batches, forward, None)
+        check_exports(probe, loaded, calib_batches, forward)  # before any calibration
+        del probe
     metrics: dict[str, Any] = record.metrics
     metrics.update({"recipe": spec.recipe, "version": spec.version, "sha256": loaded.sha256})
     metrics["timings"] = timings
@@ -383,7 +376,7 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
         timings["evaluate_int8_seconds"] = time.perf_counter() - tick
 
     if spec.tune is not None:
-        from .analyze.runner import run_tune
+        from .analyze.tune import run_tune
 
         record.stage = "tune"
         tick = time.perf_counter()

@@ -27,7 +27,7 @@ from spconv.pytorch import SparseConvTensor, SparseSequential
 from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
-from recipe_engine.calib.amax_search import compute_amax
+from recipe_engine.backends.pytorch_quantization.calibrators import compute_amax
 from recipe_engine.zoo import centerpoint as zoo
 from recipe_engine.zoo.bev_blocks import SECONDFPN
 from recipe_engine.zoo.sparse_encoder import SparseBasicBlock

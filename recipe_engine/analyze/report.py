@@ -30,11 +30,11 @@ def _histogram_plot(out: Path, name: str, quantizer: Any) -> str | None:
     """Write a PNG of the quantizer's calibration histogram with amax marked; return its file name."""
     if not backend.is_histogram(quantizer):
         return None
-    calibrator = backend.calibrator_of(quantizer)
-    hist, edges = calibrator._calib_hist, calibrator._calib_bin_edges
+    stats = backend.calibration_statistics(quantizer)
     amax = backend.get_amax(quantizer)
-    if hist is None or amax is None:
+    if stats is None or amax is None:
         return None
+    hist, edges = stats["hist"], stats["edges"]
     import matplotlib
 
     matplotlib.use("Agg")

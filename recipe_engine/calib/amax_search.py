@@ -1,6 +1,8 @@
 """Vectorised amax search over calibration histograms.
 
-Pure functions that reproduce the amax chosen by pytorch-quantization 2.1.3's
+Pure functions over ``(hist, bin_edges)`` arrays (no quantizer or calibrator object: a backend's
+statistics reach them through :mod:`recipe_engine.calib.methods`; merging histograms is
+:mod:`recipe_engine.calib.merge`). They reproduce the amax chosen by pytorch-quantization 2.1.3's
 ``HistogramCalibrator.compute_amax`` (``calib/histogram.py``: ``_compute_amax_entropy``,
 ``_compute_amax_mse``, ``_compute_amax_percentile``) without its per-candidate Python loops, and
 without the ``.cuda()`` call that makes upstream's MSE path crash on CPU-only machines.
@@ -40,23 +42,18 @@ How the search is vectorised:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from pytorch_quantization.calib import HistogramCalibrator, MaxCalibrator
 from scipy.stats import entropy as scipy_entropy
 
 __all__ = [
     "EmptyCalibratorError",
     "HistLike",
-    "compute_amax",
     "entropy_amax",
-    "merge_histograms",
     "mse_amax",
     "percentile_amax",
-    "seed_histogram",
 ]
 
 HistLike = torch.Tensor | np.ndarray | Sequence[float]
@@ -377,166 +374,3 @@ def percentile_amax(hist: HistLike, bin_edges: HistLike, percentile: float = 99.
     cdf = np.cumsum(counts / counts.sum())
     idx = int(np.searchsorted(cdf, percentile / 100))
     return _scalar(edges[idx].item(), _device_of(hist))
-
-
-# --------------------------------------------------------------------------------------------------------
-# calibrator dispatch
-# --------------------------------------------------------------------------------------------------------
-def compute_amax(
-    calibrator: HistogramCalibrator | MaxCalibrator,
-    method: str,
-    *,
-    stride: int = 1,
-    start_bin: int = 128,
-    percentile: float = 99.99,
-) -> torch.Tensor:
-    """Amax of a pytorch-quantization calibrator, computed with the vectorised searches.
-
-    ``HistogramCalibrator``: ``method`` in ``"entropy" | "mse" | "percentile"`` (its histogram is read
-    exactly like upstream reads it: torch counts truncated with ``.int()``). ``MaxCalibrator``:
-    ``method == "max"`` returns a copy of its running amax. Raises ``ValueError`` for an unknown or
-    unsupported method, :class:`EmptyCalibratorError` (a ``ValueError``) for a calibrator that has
-    collected no data, ``TypeError`` for other calibrator types.
-    """
-    if isinstance(calibrator, MaxCalibrator):
-        if method != "max":
-            raise ValueError(f"unknown calibration method {method!r} for MaxCalibrator; expected 'max'")
-        amax = calibrator._calib_amax
-        if amax is None:
-            raise EmptyCalibratorError("MaxCalibrator has collected no data (no amax to compute)")
-        return amax.detach().clone()
-    if not isinstance(calibrator, HistogramCalibrator):
-        raise TypeError(f"unsupported calibrator type {type(calibrator).__name__}")
-    if method not in METHODS:
-        raise ValueError(
-            f"unknown calibration method {method!r} for HistogramCalibrator; expected one of {METHODS}"
-        )
-    hist, edges = calibrator._calib_hist, calibrator._calib_bin_edges
-    if hist is None or edges is None:
-        raise EmptyCalibratorError("HistogramCalibrator has collected no data (empty histogram)")
-    if isinstance(hist, torch.Tensor):
-        hist = hist.int()
-    if len(edges) == len(hist) + 2:
-        # Upstream collect() can leave one extra edge after growing its histogram (torch.arange rounding);
-        # upstream entropy/percentile only index edges[:len(hist) + 1], so dropping it keeps their result.
-        edges = edges[: len(hist) + 1]
-    num_bits, unsigned = calibrator._num_bits, bool(calibrator._unsigned)
-    if method == "entropy":
-        return entropy_amax(hist, edges, num_bits, unsigned, stride=stride, start_bin=start_bin)
-    if method == "mse":
-        return mse_amax(hist, edges, num_bits, unsigned, stride=stride, start_bin=start_bin)
-    return percentile_amax(hist, edges, percentile=percentile)
-
-
-# --------------------------------------------------------------------------------------------------------
-# merging
-# --------------------------------------------------------------------------------------------------------
-def _rebin(counts: np.ndarray, edges: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Re-bin ``counts`` onto ``target`` edges (which must cover ``edges``), preserving the total.
-
-    The first source bin is treated as a point mass at its left edge: histograms of ``|x|`` usually hold
-    the exact zeros there (post-ReLU, padding), which must not leak into the next bins. Other bins are
-    assumed uniform inside. Integer counts stay integers: the cumulative count is rounded at each target
-    edge, so a sparse tail keeps whole samples instead of being smeared into fractions.
-    """
-    if edges[-1] <= edges[0]:  # zero-width histogram: everything is a point mass at edges[0]
-        cdf_at = np.where(target > edges[0], counts.sum(), 0.0)
-    else:
-        rest = np.concatenate(([0.0], np.cumsum(counts[1:])))
-        cdf_at = np.where(target > edges[0], counts[0], 0.0) + np.interp(target, edges[1:], rest)
-    cdf_at[-1] = counts.sum()  # target covers the source: nothing may fall off the end by round-off
-    if np.all(counts == np.round(counts)):
-        cdf_at = np.round(cdf_at)
-    return np.diff(cdf_at)
-
-
-def merge_histograms(
-    histograms: Sequence[tuple[HistLike | None, HistLike | None]],
-) -> tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]:
-    """Merge ``(hist, bin_edges)`` pairs with different ranges into one histogram.
-
-    Mirrors how ``HistogramCalibrator.collect()`` grows its histogram: the result keeps the first
-    (non-degenerate) histogram's bins unchanged and appends bins of the same width until the widest
-    range is covered (and prepends some if another histogram starts lower). Histograms whose edges lie on
-    that grid (same width and origin, e.g. all seeded with :func:`seed_histogram`) are added bin by bin,
-    which is exact. Others are re-binned (total and integer counts preserved, first bin kept as a point
-    mass at its left edge, other bins assumed uniform inside): the raw samples are no longer available, so
-    the result only approximates a calibrator that collected A's data and then B's. Pairs with
-    ``hist is None`` (nothing collected, e.g. an idle rank) are skipped.
-
-    Counts are returned as float64, edges in the first histogram's dtype; torch tensors on the first
-    histogram's device if it is a tensor, else NumPy arrays.
-    """
-    present = [(h, e) for h, e in histograms if h is not None]
-    if not present:
-        raise ValueError("merge_histograms: no histogram has collected any data")
-    parts: list[tuple[np.ndarray, np.ndarray]] = []
-    for k, (hist, edges) in enumerate(present):
-        try:
-            parts.append(_check_hist(hist, edges, allow_zero=True))
-        except ValueError as exc:
-            raise ValueError(f"merge_histograms: histogram {k}: {exc}") from exc
-
-    first_hist, first_edges = present[0]
-    edge_dtype = _to_numpy(first_edges).dtype
-    base_idx = next((k for k, (_, e) in enumerate(parts) if e[-1] > e[0]), None)
-    if base_idx is None:  # every histogram is a point mass (zero-width range)
-        out_edges = parts[0][1].astype(np.float64)
-        out_counts = np.zeros(parts[0][0].size)
-        out_counts[0] = sum(c.sum() for c, _ in parts)
-    else:
-        be = parts[base_idx][1].astype(np.float64)
-        width = be[1] - be[0]
-        lo = min(float(e[0]) for _, e in parts)
-        hi = max(float(e[-1]) for _, e in parts)
-        # Whole bins to add below/above. A range end that is on the grid up to float32 round-off (as after
-        # collect() growth) must not add a bin, hence the slack.
-        n_below = max(0, math.ceil((be[0] - lo) / width - _GRID_TOL))
-        above = be[-1] + width * np.arange(1, max(0, math.ceil((hi - be[-1]) / width - _GRID_TOL)) + 1)
-        out_edges = np.concatenate((be[0] - width * np.arange(n_below, 0, -1), be, above))
-        out_counts = np.zeros(out_edges.size - 1)
-        for k, (counts, e) in enumerate(parts):
-            ef = e.astype(np.float64)
-            pos = (ef - out_edges[0]) / width
-            on_grid = np.round(pos)
-            if k == base_idx:
-                out_counts[n_below : n_below + counts.size] += counts
-            elif (
-                ef[-1] > ef[0] and np.all(np.abs(pos - on_grid) < _GRID_TOL) and np.all(np.diff(on_grid) == 1)
-            ):
-                off = int(on_grid[0])
-                out_counts[off : off + counts.size] += counts
-            else:
-                out_counts += _rebin(counts, ef, out_edges)
-        np.maximum(out_counts, 0.0, out=out_counts)  # interpolation round-off
-    out_edges = out_edges.astype(edge_dtype)
-    if isinstance(first_hist, torch.Tensor):
-        device = first_hist.device
-        return torch.from_numpy(out_counts).to(device), torch.from_numpy(out_edges).to(device)
-    return out_counts, out_edges
-
-
-def seed_histogram(
-    calibrator: HistogramCalibrator, amax: float | torch.Tensor, *, device: torch.device | str | None = None
-) -> None:
-    """Give an empty ``HistogramCalibrator`` the bins ``linspace(0, amax, num_bins + 1)`` and zero counts.
-
-    ``collect()`` then bins data on that grid and grows it with the same width and origin, so calibrators
-    seeded with the same ``amax`` (e.g. an all-reduced max of the first batch on every rank, or one value
-    for all quantizers sharing an amax) produce histograms that :func:`merge_histograms` adds exactly.
-    ``device`` is where collect() will receive data (torch histograms only; default CPU).
-    """
-    if not isinstance(calibrator, HistogramCalibrator):
-        raise TypeError(f"expected a HistogramCalibrator, got {type(calibrator).__name__}")
-    if calibrator._calib_hist is not None or calibrator._calib_bin_edges is not None:
-        raise ValueError("seed_histogram: the calibrator has already collected data; reset() it first")
-    top = float(amax)
-    if not math.isfinite(top) or top <= 0:
-        raise ValueError(f"seed_histogram: amax must be finite and > 0, got {top}")
-    num_bins = int(calibrator._num_bins)
-    if calibrator._torch_hist:
-        calibrator._calib_bin_edges = torch.linspace(0, top, num_bins + 1, device=device)
-        calibrator._calib_hist = torch.zeros(num_bins, device=device)
-    else:
-        calibrator._calib_bin_edges = np.linspace(0, top, num_bins + 1)
-        calibrator._calib_hist = np.zeros(num_bins, dtype=np.int64)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -15,8 +14,8 @@ from ..quant import backend
 from ..quant.apply import QuantState, get_state
 from ..recipe.errors import RecipeError
 from ..recipe.schema import CalibrationSection
-from ..util.progress import progress
-from .amax_search import compute_amax
+from .collect import collect_statistics  # noqa: F401 - re-exported
+from .methods import amax_from_statistics
 
 
 @dataclass
@@ -28,55 +27,13 @@ class CalibrationResult:
     amax: dict[str, dict] = field(default_factory=dict)
 
 
-def collect_statistics(
-    model: nn.Module,
-    state: QuantState,
-    batches: Iterable,
-    forward: Callable,
-    limit: int | None = None,
-    show_progress: bool = True,
-) -> int:
-    """Run up to ``limit`` batches through ``model`` with all quantizers collecting statistics."""
-    quantizers = [q for _, q in state.unique() if not getattr(q, "_recipe_fixed_amax", False)]
-    for quantizer in quantizers:
-        backend.start_calibration(quantizer)
-    was_training = model.training
-    model.eval()
-    count = 0
-    try:
-        items = itertools.islice(batches, limit) if limit else batches
-        total = limit if limit else (len(batches) if hasattr(batches, "__len__") else None)
-        if total is not None and hasattr(batches, "__len__"):
-            total = min(total, len(batches))
-        with torch.no_grad():
-            for batch in progress(items, total=total, description="calibrating", enabled=show_progress):
-                try:
-                    forward(model, batch)
-                except (RuntimeError, ValueError) as exc:
-                    hint = (
-                        "the batch contains NaN/inf values"
-                        if "finite" in str(exc) or "nan" in str(exc)
-                        else "run the FP32 model on this batch to check the data and the forward adapter"
-                    )
-                    raise RecipeError(f"calibration batch {count} failed: {exc}", hint=hint) from exc
-                count += 1
-    finally:
-        for quantizer in quantizers:
-            backend.stop_calibration(quantizer)
-        model.train(was_training)
-    if count == 0:
-        raise RecipeError(
-            "calibration saw no batch", hint="check data.calibration: its factory returned no data"
-        )
-    return count
-
-
 def finish_calibration(state: QuantState, settings: CalibrationSection) -> dict[str, dict]:
     """Compute amax for every quantizer from its statistics; fail loudly on missing or bad values."""
     summary: dict[str, dict] = {}
     for names, quantizer in state.unique():
         label = names[0] if len(names) == 1 else f"{names[0]} (shared with {', '.join(names[1:])})"
-        if getattr(quantizer, "_recipe_fixed_amax", False):
+        settings_of = state.settings_of(quantizer)
+        if settings_of.fixed_amax:
             amax = backend.get_amax(quantizer)
         else:
             if not backend.has_statistics(quantizer):
@@ -84,20 +41,13 @@ def finish_calibration(state: QuantState, settings: CalibrationSection) -> dict[
                     f"quantizer {label} saw no data during calibration",
                     hint="the module never ran on the calibration batches: disable it or fix the data",
                 )
-            method = getattr(quantizer, "_recipe_method", None) or settings.method
+            method = settings_of.method or settings.method
             if not backend.is_histogram(quantizer):
                 method = "max"
+            info = backend.describe(quantizer)
             try:
-                if method == "max" and backend.is_histogram(quantizer):
-                    amax = backend.histogram_range(quantizer)
-                else:
-                    amax = compute_amax(
-                        backend.calibrator_of(quantizer),
-                        method,
-                        percentile=settings.percentile,
-                        start_bin=settings.start_bin,
-                        stride=settings.stride,
-                    )
+                amax = amax_from_statistics(backend.calibration_statistics(quantizer), method,
+                                            info["num_bits"], bool(info["unsigned"]), settings)
             except ValueError as exc:
                 raise RecipeError(f"quantizer {label}: {exc}") from None
             amax = _check_amax(label, amax)
@@ -108,7 +58,7 @@ def finish_calibration(state: QuantState, settings: CalibrationSection) -> dict[
             "amax_min": float(flat.min()),
             "amax_max": float(flat.max()),
             "channels": int(flat.numel()),
-            "method": "fixed" if getattr(quantizer, "_recipe_fixed_amax", False) else method,
+            "method": "fixed" if settings_of.fixed_amax else method,
         }
     return summary
 

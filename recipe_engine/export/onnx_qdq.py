@@ -112,11 +112,10 @@ def export_mode(module: nn.Module) -> Iterator[None]:
     """Eval mode and torch-native fake quantization (Q/DQ in ONNX), both restored afterwards."""
     was_training = module.training
     module.eval()
-    backend.fake_quant_export_mode(True)
     try:
-        yield
+        with backend.export_mode():
+            yield
     finally:
-        backend.fake_quant_export_mode(False)
         module.train(was_training)
 
 
@@ -136,7 +135,12 @@ def torchscript_export(module: nn.Module, flat: FlatInputs, output_names: list[s
                               f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                               hint="check that the module is traceable (no data-dependent Python control flow)") \
                 from exc
-    return onnx.load_from_string(buffer.getvalue())
+    exported = onnx.load_from_string(buffer.getvalue())
+    try:
+        backend.finish_onnx(exported)  # e.g. modelopt's FP8 custom ops -> standard FLOAT8E4M3FN Q/DQ
+    except ValueError as exc:
+        raise RecipeError(f"onnx-qdq: {exc}", hint="set `opset: 19` in this export entry") from None
+    return exported
 
 
 # ----------------------------------------------------------------------------- graph normalisation

@@ -83,6 +83,9 @@ def _quantizer_names(names_of: dict[int, list[str]], quantizer: Any) -> str:
 
 
 def _check_int8_quantizer(quantizer: Any, label: str, per_channel: int | None = None, axis: int = 0) -> None:
+    if backend.describe(quantizer).get("format", "int") != "int":
+        raise RecipeError(f"onnx-sparse: quantizer {label} is {backend.describe(quantizer)['format']}; libspconv "
+                          "runs int8 or fp16 layers only", hint="give sparse convolutions an int8 quantizer")
     problem = amax_problem(quantizer)
     if problem:
         raise RecipeError(f"onnx-sparse: quantizer {label} {problem}",
@@ -145,8 +148,8 @@ def plan_conv(op: Op, convert: bool, names_of: dict[int, list[str]]) -> ConvPlan
     if module.inverse and not attrs["rulebook"]:
         raise RecipeError(f"onnx-sparse: inverse conv {op.path} has no indice_key")
     plan = ConvPlan(op, name, weight, bias, attrs, "fp16", activation=activation)
-    input_q = getattr(module, "_input_quantizer", None)
-    weight_q = getattr(module, "_weight_quantizer", None)
+    input_q = backend.module_quantizer(module, "input")
+    weight_q = backend.module_quantizer(module, "weight")
     enabled = [q is not None and backend.is_enabled(q) for q in (input_q, weight_q)]
     if all(enabled):
         _check_int8_quantizer(input_q, _quantizer_names(names_of, input_q))

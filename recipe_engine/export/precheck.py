@@ -20,7 +20,6 @@ Nothing is verified numerically here; that is the export step's job.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,12 +36,13 @@ from .scn_precision import check_trace
 
 
 def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | None,
-                  forward: Callable[[nn.Module, Any], Any], *, quantized: bool = False, on_copy: bool = False) -> int:
+                  forward: Callable[[nn.Module, Any], Any]) -> int:
     """Trace every export entry's module on the first batch; returns how many were traced.
 
-    ``quantized``: ``model`` already went through ``apply`` (``recipe plan``); otherwise fusion
-    and quantization are applied here first (on a copy with ``on_copy``) so that the traced
-    module is the one the export will see. Raises a RecipeError located at the failing entry.
+    ``model`` went through ``apply`` (fusion + quantizers, not calibrated) so that the traced
+    module is the one the export will see; it is changed here (``before_export`` fusions, the
+    ``disable`` list), so a caller that still needs it passes a copy (``recipe run`` does).
+    Raises a RecipeError located at the failing entry.
     """
     spec = loaded.spec
     if not spec.export or batches is None:
@@ -54,12 +54,6 @@ def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | No
             find_module(model, entry.module)
         except RecipeError as exc:
             raise loaded.error(("export", index, "module"), exc.headline, hint=exc.hint) from None
-    if on_copy:
-        model = copy.deepcopy(model)
-    if not quantized:
-        from ..pipeline import apply
-
-        apply(model, loaded, batches, forward)
     from .runner import _fuse_before_export
 
     _fuse_before_export(model, loaded)

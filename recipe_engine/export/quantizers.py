@@ -70,11 +70,12 @@ def qdq_notes(state: QuantState, module: str, what: str) -> list[str]:
     for names, quantizer in quantizers_in(state, module):
         if not backend.is_enabled(quantizer):
             continue
-        if quantizer.num_bits != 8:
-            raise RecipeError(f"{what}: {' = '.join(names)} is a {quantizer.num_bits}-bit quantizer; ONNX "
+        info = backend.describe(quantizer)
+        if info["num_bits"] != 8:
+            raise RecipeError(f"{what}: {' = '.join(names)} is a {info['num_bits']}-bit quantizer; ONNX "
                               "QuantizeLinear/DequantizeLinear (int8/uint8) express 8 bits only",
                               hint="use num_bits: 8 for exported layers, or disable this quantizer")
-        if quantizer.narrow_range and not quantizer.unsigned:
+        if info.get("format", "int") == "int" and info["narrow_range"] and not info["unsigned"]:
             notes.append(f"{' = '.join(names)}: narrow_range [-127, 127] becomes int8's [-128, 127] in ONNX")
     return notes
 

@@ -75,7 +75,7 @@ def export(model: nn.Module, recipe: LoadedRecipe | Recipe | str | os.PathLike |
     the recipe's ``data.calibration``); ``forward(model, batch)`` runs one (default: the recipe's
     ``data.forward``, else ``model(**batch)`` / ``model(*batch)`` / ``model(batch)``).
     """
-    from ..pipeline import as_loaded
+    from ..recipe.loader import as_loaded
     from ..util.atomic import confined
 
     loaded = as_loaded(recipe)

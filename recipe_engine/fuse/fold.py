@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..quant import sparse
+from ..quant import backend, sparse
 from ..recipe.errors import RecipeError
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -88,15 +88,15 @@ def fold_batchnorm(layer: nn.Module, bn: nn.Module, *, name: str = "", allow_tra
 
 def _rescale_weight_amax(layer: nn.Module, scale: torch.Tensor, name: str) -> None:
     """Keep a calibrated per-channel weight amax consistent with the folded weight."""
-    quantizer = getattr(layer, "_weight_quantizer", None)
-    amax = getattr(quantizer, "_amax", None) if quantizer is not None else None
+    quantizer = backend.module_quantizer(layer, "weight")
+    amax = backend.get_amax(quantizer) if quantizer is not None else None
     if amax is None:
         return
     if amax.numel() != scale.numel():
         raise RecipeError(f"cannot fold {name} after calibration: its weight quantizer is per tensor",
                           hint="fold before calibration (phase: before_calibration) or use per_channel weights")
     with torch.no_grad():
-        amax.copy_((amax.double() * scale.abs().reshape(amax.shape)).to(amax.dtype))
+        backend.set_amax(quantizer, (amax.double() * scale.abs().reshape(amax.shape)).to(amax.dtype))
 
 
 def _make_cpu_safe(layer: nn.Module) -> None:

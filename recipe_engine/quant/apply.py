@@ -7,11 +7,13 @@ installs op-site hooks, creates and ties quantizers and records everything in a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
 
+from .. import backends
 from ..recipe.errors import RecipeError
 from ..recipe.schema import QuantizerSpec, QuantizeSpec, Recipe, ShareGroup
 from ..select import match_name, select, select_names
@@ -48,11 +50,21 @@ class QuantPlan:
     rule_matches: list[list[str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class QuantizerSettings:
+    """The recipe's per-quantizer settings the engine keeps (not stored on the library's objects)."""
+
+    method: str | None = None  # amax method override (None: calibration.method)
+    fixed_amax: bool = False  # amax given in the recipe: never calibrated
+
+
 @dataclass
 class QuantState:
     """The quantizers of a quantized model, by name. Shared quantizers appear under several names."""
 
     quantizers: dict[str, backend.Quantizer] = field(default_factory=dict)
+    settings: dict[str, QuantizerSettings] = field(default_factory=dict)  # by quantizer name
+    backend: str = backends.DEFAULT  # the backend that made the quantizers
     owners: dict[str, str] = field(default_factory=dict)  # quantizer name -> owning module path
     op_sites: dict[str, list[str]] = field(default_factory=dict)
     groups: list[list[str]] = field(default_factory=list)  # share groups, resolved to names
@@ -69,6 +81,21 @@ class QuantState:
     def enabled_count(self) -> int:
         return sum(1 for _, q in self.unique() if backend.is_enabled(q))
 
+    def settings_of(self, quantizer: backend.Quantizer) -> QuantizerSettings:
+        for name, candidate in self.quantizers.items():
+            if candidate is quantizer:
+                return self.settings.get(name, QuantizerSettings())
+        return QuantizerSettings()
+
+    def is_fixed(self, quantizer: backend.Quantizer) -> bool:
+        """Whether the recipe fixed this quantizer's amax (so calibration leaves it alone)."""
+        return self.settings_of(quantizer).fixed_amax
+
+    def add(self, name: str, owner: str, quantizer: backend.Quantizer, spec: QuantizerSpec) -> None:
+        self.quantizers[name] = quantizer
+        self.owners[name] = owner
+        self.settings[name] = QuantizerSettings(spec.method, spec.amax is not None)
+
 
 def qualify(owner: str, leaf: str) -> str:
     """The quantizer name of ``leaf`` (input, weight, add0...) in module ``owner`` ('' is the root)."""
@@ -81,26 +108,32 @@ def _resolve(ref, recipe: Recipe) -> QuantizerSpec | None:
     return recipe.quantizers[ref] if isinstance(ref, str) else ref
 
 
-def _kind(module: nn.Module) -> str | None:
+def _kind(module: nn.Module, backend_name: str | None = None) -> str | None:
     if sparse.is_sparse_conv(module):
         return "sparse"
-    if type(module) in backend.DENSE_QUANT_CLASSES or isinstance(module, backend.QUANTIZED_DENSE_CLASSES):
+    if backend.dense_info(module, backend_name) is not None:
         return "dense"
     return None
+
+
+def backend_name(recipe: Recipe) -> str:
+    return getattr(recipe, "backend", None) or backends.DEFAULT
 
 
 def plan_quantization(model: nn.Module, recipe: Recipe) -> QuantPlan:
     """Apply every rule's selector in order; later rules override earlier ones per module."""
     plan = QuantPlan()
     named = list(model.named_modules())
+    which = backend_name(recipe)
+    kind_of = functools.partial(_kind, backend_name=which)
     for index, rule in enumerate(recipe.rules):
         matches = select(model, rule.select, what=f"rules[{index}].select", modules=named)
         plan.rule_matches.append([m.name for m in matches])
         if rule.quantize is not None:
             typed = not isinstance(rule.select, str) and rule.select.type is not None
-            quantizable = [m for m in matches if _kind(m.module)]
+            quantizable = [m for m in matches if kind_of(m.module)]
             if typed and len(quantizable) < len(matches):
-                bad = next(m for m in matches if not _kind(m.module))
+                bad = next(m for m in matches if not kind_of(m.module))
                 raise RecipeError(f"rules[{index}] selects {bad.name} ({type(bad.module).__name__}), which has no "
                                   "quantized version", hint="quantize layers (Conv*, ConvTranspose*, Linear, pooling, "
                                   "spconv convolutions); use `ops:` for adds and concats inside blocks")
@@ -114,10 +147,10 @@ def plan_quantization(model: nn.Module, recipe: Recipe) -> QuantPlan:
                     continue
                 spec: QuantizeSpec = rule.quantize
                 weight = _resolve(spec.weight, recipe)
-                if weight is not None and not backend.has_weight_slot(match.module):
+                if weight is not None and not backend.has_weight_slot(match.module, which):
                     raise RecipeError(f"rules[{index}]: {match.name} ({type(match.module).__name__}) has no weight",
                                       hint="give pooling layers an `input` quantizer only")
-                plan.modules[match.name] = ModuleAssignment(match.name, _kind(match.module),
+                plan.modules[match.name] = ModuleAssignment(match.name, kind_of(match.module),
                                                             _resolve(spec.input, recipe), weight, index)
         if rule.ops is not None:
             for match in matches:
@@ -145,24 +178,30 @@ def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | No
     """
     plan = plan or plan_quantization(model, recipe)
     modules = dict(model.named_modules())
-    state = QuantState()
+    which = backend_name(recipe)
+    state = QuantState(backend=which)
     calibration = recipe.calibration
+
+    def make(spec: QuantizerSpec, axis: int | None = None) -> backend.Quantizer:
+        try:
+            return backend.make_quantizer(spec, calibration, axis, backend=which)
+        except ValueError as exc:
+            raise RecipeError(str(exc), hint="see the backend section of the README") from None
+
     for name, assignment in plan.modules.items():
         module = modules[name]
         sparse_layer = assignment.kind == "sparse"
-        axis = sparse.weight_channel_axis(module) if sparse_layer else backend.weight_channel_axis(module)
-        input_q = backend.make_quantizer(assignment.input, calibration) if assignment.input else None
-        weight_q = backend.make_quantizer(assignment.weight, calibration, axis) if assignment.weight else None
+        axis = sparse.weight_channel_axis(module) if sparse_layer else backend.weight_channel_axis(module, which)
+        input_q = make(assignment.input) if assignment.input else None
+        weight_q = make(assignment.weight, axis) if assignment.weight else None
         if assignment.kind == "sparse":
             sparse.swap_sparse_module(module, input_q, weight_q)
         else:
-            backend.swap_dense_module(module, input_q, weight_q)
+            backend.swap_dense_module(module, input_q, weight_q, backend=which)
         if input_q is not None:
-            state.quantizers[qualify(name, "input")] = input_q
-            state.owners[qualify(name, "input")] = name
+            state.add(qualify(name, "input"), name, input_q, assignment.input)
         if weight_q is not None:
-            state.quantizers[qualify(name, "weight")] = weight_q
-            state.owners[qualify(name, "weight")] = name
+            state.add(qualify(name, "weight"), name, weight_q, assignment.weight)
     if plan.ops:
         owners = {name: modules[name] for name in plan.ops}
         for name, assignment in plan.ops.items():
@@ -182,10 +221,9 @@ def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | No
             table = OpSiteQuantizers()
             for site in sites:
                 kind = site.rstrip("0123456789")
-                quantizer = backend.make_quantizer(assignment.kinds[kind], calibration)
+                quantizer = make(assignment.kinds[kind])
                 table[site] = quantizer
-                state.quantizers[qualify(name, site)] = quantizer
-                state.owners[qualify(name, site)] = name
+                state.add(qualify(name, site), name, quantizer, assignment.kinds[kind])
             setattr(owners[name], SITES_ATTR, table)
             state.op_sites[name] = sites
     _apply_shares(model, recipe, state)
@@ -193,16 +231,15 @@ def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | No
     return state
 
 
-def _slot(model_modules: dict[str, nn.Module], state: QuantState, name: str) -> tuple[nn.Module, str, str | None]:
-    """(holder module, attribute, op-site key) of a quantizer name."""
+def _replace(model_modules: dict[str, nn.Module], state: QuantState, name: str, quantizer) -> None:
+    """Put ``quantizer`` in the slot (module input/weight or op site) that quantizer name ``name`` is."""
     owner = model_modules[state.owners[name]]
     owner_path = state.owners[name]
     suffix = name[len(owner_path) + 1:] if owner_path else name
-    if suffix == "input":
-        return owner, "_input_quantizer", None
-    if suffix == "weight":
-        return owner, "_weight_quantizer", None
-    return getattr(owner, SITES_ATTR), suffix, suffix
+    if suffix in ("input", "weight"):
+        backend.set_module_quantizer(owner, suffix, quantizer)
+    else:
+        getattr(owner, SITES_ATTR)[suffix] = quantizer
 
 
 def _share_groups(model: nn.Module, recipe: Recipe, names: list[str]) -> list[tuple[str, list[str], bool]]:
@@ -239,12 +276,9 @@ def _apply_shares(model: nn.Module, recipe: Recipe, state: QuantState) -> None:
                                   hint="shared quantizers need the same bits, axis, sign and calibrator")
             for other_name, other in list(state.quantizers.items()):
                 if other is current:
-                    holder, attr, site = _slot(modules, state, other_name)
-                    if site is not None:
-                        holder[site] = leader
-                    else:
-                        setattr(holder, attr, leader)
+                    _replace(modules, state, other_name, leader)
                     state.quantizers[other_name] = leader
+                    state.settings[other_name] = state.settings.get(members[0], QuantizerSettings())
         state.groups.append(members)
 
 

@@ -3,8 +3,10 @@
 A selected spconv module keeps its identity, attributes (indice_key, act_type, algo, ...)
 and parameters; its class becomes a generated subclass ``Quant<Name>`` of its own class
 whose forward fake-quantizes the input features (per tensor) and the weight (per output
-channel: axis 0 of spconv 2.x's ``[O, k.., I]`` layout) and then runs spconv's own
-convolution through the public module path ``_conv_forward`` of the same class.
+channel: axis 0 of spconv 2.x's ``[O, k.., I]`` layout) with the quantizer objects of the
+recipe's backend (any backend: they are called, nothing else) and then runs spconv's own
+convolution through the public module path ``_conv_forward`` of the same class. A missing
+quantizer (None) passes its tensor through.
 
 Kernel-size-1 layers (spconv's ``conv1x1``: kernel 1 and, unless submanifold, stride 1) are the
 exception: spconv 2.3.8 computes them as ``features @ weight.view(I, O)``, so their output
@@ -25,7 +27,7 @@ import functools
 import torch
 from torch import nn
 
-from .backend import Quantizer, identity_quantizer
+Quantizer = nn.Module  # a backend's quantizer object
 
 try:  # spconv is optional: dense-only models work without it
     import spconv.pytorch as spconv
@@ -76,15 +78,15 @@ def apply_activation(features: torch.Tensor, module: nn.Module) -> torch.Tensor:
 class QuantSparseConvMixin:
     """Forward of a quantized spconv convolution (see the module docstring)."""
 
-    _input_quantizer: Quantizer
-    _weight_quantizer: Quantizer
+    _input_quantizer: Quantizer | None
+    _weight_quantizer: Quantizer | None
 
     def forward(self, input, add_input=None):  # noqa: A002 - spconv's signature
         if add_input is not None:
             raise NotImplementedError("quantized sparse conv with add_input: write the add in the block forward")
-        features = self._input_quantizer(input.features)
+        features = input.features if self._input_quantizer is None else self._input_quantizer(input.features)
         x = input.replace_feature(features) if features is not input.features else input
-        weight = quantize_weight(self, self._weight_quantizer)
+        weight = self.weight if self._weight_quantizer is None else quantize_weight(self, self._weight_quantizer)
         none_act = type(self.act_type).None_
         act_type, self.act_type = self.act_type, none_act  # spconv asserts no fused act when training
         try:
@@ -100,12 +102,17 @@ class QuantSparseConvMixin:
         return out.replace_feature(result) if result is not out.features else out
 
     @property
-    def input_quantizer(self) -> Quantizer:
+    def input_quantizer(self) -> Quantizer | None:
         return self._input_quantizer
 
     @property
-    def weight_quantizer(self) -> Quantizer:
+    def weight_quantizer(self) -> Quantizer | None:
         return self._weight_quantizer
+
+    def set_quantizer(self, role: str, quantizer: Quantizer | None) -> None:
+        if role not in ("input", "weight"):
+            raise ValueError(f"a sparse convolution has input and weight quantizers, not {role!r}")
+        setattr(self, f"_{role}_quantizer", quantizer)
 
 
 def is_conv1x1(module: nn.Module) -> bool:
@@ -152,8 +159,8 @@ def swap_sparse_module(module: nn.Module, input_quantizer: Quantizer | None,
     if not is_sparse_conv(module):
         raise TypeError(f"{type(module).__name__} is not a spconv convolution")
     module.__class__ = quant_class_for(type(module))
-    module._input_quantizer = input_quantizer or identity_quantizer()
-    module._weight_quantizer = weight_quantizer or identity_quantizer()
+    module.set_quantizer("input", input_quantizer)
+    module.set_quantizer("weight", weight_quantizer)
     return module
 
 

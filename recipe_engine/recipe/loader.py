@@ -269,3 +269,14 @@ def load_recipe_data(data: dict[str, Any], name: str = "<dict>") -> LoadedRecipe
     if problems:
         raise RecipeError(diagnostics=problems)
     return LoadedRecipe(spec=spec, path=Path(name), files=[], positions={})
+
+
+def as_loaded(recipe: LoadedRecipe | Recipe | str | os.PathLike | dict) -> LoadedRecipe:
+    """Accept a loaded recipe, a Recipe model, a path or a plain dict."""
+    if isinstance(recipe, LoadedRecipe):
+        return recipe
+    if isinstance(recipe, Recipe):
+        return LoadedRecipe(spec=recipe, path=Path("<python>"), files=[], positions={})
+    if isinstance(recipe, dict):
+        return load_recipe_data(recipe)
+    return load_recipe(recipe)

@@ -11,6 +11,7 @@ This module must stay light: it is imported by ``recipe validate`` and
 
 from __future__ import annotations
 
+import difflib
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -62,6 +63,10 @@ class QuantizerSpec(Section):
     )
     learn_amax: bool = Field(False, title="Learn amax", description="Make amax a trainable parameter during QAT.")
     fake_quant: bool = Field(True, title="Fake quantization", description="Quantize-dequantize in float.")
+    format: Literal["int", "fp8_e4m3"] = Field(
+        "int", title="Format", description="int: integer of num_bits; fp8_e4m3: FP8 E4M3 (dense layers, backend: "
+        "modelopt, per-tensor, max calibration; num_bits is ignored).",
+    )
     amax: float | None = Field(
         None, gt=0, title="Fixed amax", description="Use this amax and skip calibration for this quantizer."
     )
@@ -570,6 +575,12 @@ class Recipe(Section):
     )
     version: str = Field(title="Version", description="Semantic version, bumped when behaviour changes.")
     description: str = Field("", title="Description")
+    backend: str = Field(
+        "pytorch-quantization",
+        title="Backend",
+        description="Quantization library that makes the quantizers: pytorch-quantization (default) or modelopt "
+        "(NVIDIA Model-Optimizer, needed for format: fp8_e4m3); others register with recipe_engine.backends.register.",
+    )
     extends: str | list[str] | None = Field(
         None,
         title="Extends",
@@ -609,6 +620,13 @@ class Recipe(Section):
         """Cross-references pydantic cannot check field by field: (location, message) pairs."""
         errors: list[tuple[tuple[str | int, ...], str]] = []
         names = sorted(self.quantizers)
+        from .. import backends
+
+        if self.backend not in backends.registered():
+            close = difflib.get_close_matches(self.backend, backends.registered(), n=1)
+            errors.append((("backend",), f"unknown backend {self.backend!r}"
+                           + (f"; did you mean {close[0]!r}?" if close else "")
+                           + f" (registered: {', '.join(backends.registered())})"))
 
         def check(ref: Any, loc: tuple[str | int, ...]) -> None:
             if isinstance(ref, str) and ref not in self.quantizers:

@@ -171,7 +171,7 @@ def calibration_shard(model: nn.Module, batches: Iterable, limit: int | None,
     """
     if not is_distributed():
         return batches
-    from ..calib.loop import collect_statistics
+    from ..calib.collect import collect_statistics
     from ..quant import backend
     from ..quant.apply import get_state
 
@@ -183,7 +183,7 @@ def calibration_shard(model: nn.Module, batches: Iterable, limit: int | None,
     if rank() != 0:
         state = get_state(model)
         histograms = [q for _, q in state.unique()
-                      if backend.is_histogram(q) and not getattr(q, "_recipe_fixed_amax", False)]
+                      if backend.is_histogram(q) and not state.is_fixed(q)]
         if histograms:
             collect_statistics(model, state, selected[:1], forward, show_progress=False)
             for quantizer in histograms:
@@ -196,7 +196,7 @@ def calibration_shard(model: nn.Module, batches: Iterable, limit: int | None,
 # ----------------------------------------------------------------------------- statistics
 def merge_rank_statistics(parts: Sequence[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor] | None:
     """Combine one quantizer's statistics from several ranks (rank order; None for a rank that saw nothing)."""
-    from ..calib.amax_search import merge_histograms
+    from ..calib.merge import merge_histograms
 
     present = [p for p in parts if p is not None]
     if not present:
@@ -220,7 +220,7 @@ def merge_statistics(state: Any, count: int) -> int:
         return count
     from ..quant import backend
 
-    quantizers = [q for _, q in state.unique() if not getattr(q, "_recipe_fixed_amax", False)]
+    quantizers = [q for _, q in state.unique() if not state.is_fixed(q)]
     local = [backend.calibration_statistics(q) for q in quantizers]
     gathered = all_gather_object((count, [None if s is None else {k: v.cpu() for k, v in s.items()} for s in local]))
     for index, quantizer in enumerate(quantizers):

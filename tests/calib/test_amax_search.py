@@ -17,9 +17,9 @@ import torch
 from pytorch_quantization.calib import HistogramCalibrator, MaxCalibrator
 from pytorch_quantization.calib import histogram as upstream_hist
 
+from recipe_engine.backends.pytorch_quantization.calibrators import compute_amax
 from recipe_engine.calib.amax_search import (
     EmptyCalibratorError,
-    compute_amax,
     entropy_amax,
     mse_amax,
     percentile_amax,

@@ -7,14 +7,9 @@ import pytest
 import torch
 from pytorch_quantization.calib import HistogramCalibrator
 
-from recipe_engine.calib.amax_search import (
-    compute_amax,
-    entropy_amax,
-    merge_histograms,
-    mse_amax,
-    percentile_amax,
-    seed_histogram,
-)
+from recipe_engine.backends.pytorch_quantization.calibrators import compute_amax, seed_histogram
+from recipe_engine.calib.amax_search import entropy_amax, mse_amax, percentile_amax
+from recipe_engine.calib.merge import merge_histograms
 
 METHODS = {"entropy": entropy_amax, "mse": mse_amax, "percentile": percentile_amax}
 

@@ -1,4 +1,4 @@
-"""CPU workarounds for pytorch-quantization 2.1.3 (recipe_engine.quant.cpu_compat)."""
+"""CPU workarounds for pytorch-quantization 2.1.3 (recipe_engine.backends.pytorch_quantization.cpu_compat)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pytorch_quantization.calib import MaxCalibrator
 from pytorch_quantization.calib import histogram as upstream_hist
 from pytorch_quantization.tensor_quant import QuantDescriptor
 
+from recipe_engine.backends.pytorch_quantization import cpu_compat
 from recipe_engine.calib.amax_search import EmptyCalibratorError, mse_amax
-from recipe_engine.quant import cpu_compat
 from tests.helpers import upstream_on_cpu
 
 UPSTREAM_LOAD = cpu_compat._UPSTREAM_LOAD  # captured before anything could install() the workaround

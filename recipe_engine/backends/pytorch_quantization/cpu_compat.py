@@ -1,6 +1,6 @@
 """CPU workarounds for pytorch-quantization 2.1.3.
 
-This module is the only place in recipe_engine that works around pytorch-quantization's CPU breakage.
+This module (part of the pytorch-quantization backend) is the only place that works around pytorch-quantization's CPU breakage.
 Two upstream code paths assume CUDA:
 
 1. ``HistogramCalibrator.compute_amax("mse")`` -> ``_compute_amax_mse`` moves the histogram to the GPU
@@ -47,7 +47,8 @@ from pytorch_quantization.calib import HistogramCalibrator
 from pytorch_quantization.nn import TensorQuantizer
 from torch import nn
 
-from recipe_engine.calib.amax_search import EmptyCalibratorError, compute_amax
+from ...calib.amax_search import EmptyCalibratorError
+from .calibrators import compute_amax
 
 __all__ = [
     "compute_histogram_amax",

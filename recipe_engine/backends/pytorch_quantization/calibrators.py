@@ -1,0 +1,102 @@
+"""pytorch-quantization calibrator objects <-> the engine's statistics (``{"amax"}``/``{"hist", "edges"}``).
+
+:func:`compute_amax` is a drop-in for ``calibrator.compute_amax(method)`` computed with the engine's
+own searches (:mod:`recipe_engine.calib.methods`), which also run on CPU (upstream's MSE calls
+``.cuda()``); :func:`seed_histogram` gives an empty histogram calibrator a fixed grid.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from pytorch_quantization.calib import HistogramCalibrator, MaxCalibrator
+
+from ...calib.amax_search import EmptyCalibratorError
+from ...calib.methods import amax_from_statistics
+
+__all__ = ["compute_amax", "load_statistics", "seed_histogram", "statistics"]
+
+HISTOGRAM_METHODS = ("entropy", "mse", "percentile")
+
+
+def statistics(calibrator) -> dict | None:
+    """What ``calibrator`` has collected, as tensors (None: nothing yet)."""
+    if isinstance(calibrator, HistogramCalibrator):
+        if calibrator._calib_hist is None:
+            return None
+        return {"hist": torch.as_tensor(calibrator._calib_hist).detach(),
+                "edges": torch.as_tensor(calibrator._calib_bin_edges).detach()}
+    amax = None if calibrator is None else calibrator._calib_amax
+    return None if amax is None else {"amax": amax.detach()}
+
+
+def load_statistics(calibrator, stats: dict) -> None:
+    if isinstance(calibrator, HistogramCalibrator):
+        calibrator._calib_hist = stats["hist"].float()
+        calibrator._calib_bin_edges = stats["edges"].float()
+        calibrator._num_bins = int(stats["hist"].numel())
+    else:
+        calibrator._calib_amax = stats["amax"].clone()
+
+
+def compute_amax(
+    calibrator: HistogramCalibrator | MaxCalibrator,
+    method: str,
+    *,
+    stride: int = 1,
+    start_bin: int = 128,
+    percentile: float = 99.99,
+) -> torch.Tensor:
+    """Amax of a pytorch-quantization calibrator, computed with the engine's vectorised searches.
+
+    ``HistogramCalibrator``: ``method`` in ``"entropy" | "mse" | "percentile"``. ``MaxCalibrator``:
+    ``method == "max"`` returns a copy of its running amax. Raises ``ValueError`` for an unknown or
+    unsupported method, :class:`EmptyCalibratorError` (a ``ValueError``) for a calibrator that has
+    collected no data, ``TypeError`` for other calibrator types.
+    """
+    settings = SimpleNamespace(stride=stride, start_bin=start_bin, percentile=percentile)
+    if isinstance(calibrator, MaxCalibrator):
+        if method != "max":
+            raise ValueError(f"unknown calibration method {method!r} for MaxCalibrator; expected 'max'")
+        if calibrator._calib_amax is None:
+            raise EmptyCalibratorError("MaxCalibrator has collected no data (no amax to compute)")
+        return amax_from_statistics(statistics(calibrator), "max")
+    if not isinstance(calibrator, HistogramCalibrator):
+        raise TypeError(f"unsupported calibrator type {type(calibrator).__name__}")
+    if method not in HISTOGRAM_METHODS:
+        raise ValueError(
+            f"unknown calibration method {method!r} for HistogramCalibrator; expected one of {HISTOGRAM_METHODS}"
+        )
+    if calibrator._calib_hist is None or calibrator._calib_bin_edges is None:
+        raise EmptyCalibratorError("HistogramCalibrator has collected no data (empty histogram)")
+    stats = {"hist": calibrator._calib_hist, "edges": calibrator._calib_bin_edges}
+    return amax_from_statistics(stats, method, calibrator._num_bits, bool(calibrator._unsigned), settings)
+
+
+def seed_histogram(
+    calibrator: HistogramCalibrator, amax: float | torch.Tensor, *, device: torch.device | str | None = None
+) -> None:
+    """Give an empty ``HistogramCalibrator`` the bins ``linspace(0, amax, num_bins + 1)`` and zero counts.
+
+    ``collect()`` then bins data on that grid and grows it with the same width and origin, so calibrators
+    seeded with the same ``amax`` (e.g. an all-reduced max of the first batch on every rank, or one value
+    for all quantizers sharing an amax) produce histograms that :func:`merge_histograms` adds exactly.
+    ``device`` is where collect() will receive data (torch histograms only; default CPU).
+    """
+    if not isinstance(calibrator, HistogramCalibrator):
+        raise TypeError(f"expected a HistogramCalibrator, got {type(calibrator).__name__}")
+    if calibrator._calib_hist is not None or calibrator._calib_bin_edges is not None:
+        raise ValueError("seed_histogram: the calibrator has already collected data; reset() it first")
+    top = float(amax)
+    if not math.isfinite(top) or top <= 0:
+        raise ValueError(f"seed_histogram: amax must be finite and > 0, got {top}")
+    num_bins = int(calibrator._num_bins)
+    if calibrator._torch_hist:
+        calibrator._calib_bin_edges = torch.linspace(0, top, num_bins + 1, device=device)
+        calibrator._calib_hist = torch.zeros(num_bins, device=device)
+    else:
+        calibrator._calib_bin_edges = np.linspace(0, top, num_bins + 1)
+        calibrator._calib_hist = np.zeros(num_bins, dtype=np.int64)
