@@ -252,6 +252,7 @@ def select_names(names: Sequence[str], patterns: str | Sequence[str], *, what: s
     """Names (quantizer names, op sites) matched by glob/regex ``patterns``; error if none match."""
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     found: list[str] = []
+    seen: set[str] = set()
     for pattern in patterns:
         hits = [n for n in names if match_name(pattern, n)]
         if not hits and not optional:
@@ -259,5 +260,8 @@ def select_names(names: Sequence[str], patterns: str | Sequence[str], *, what: s
             raise RecipeError(f"{what}: {pattern!r} matches no quantizer",
                               hint=("nearest quantizer names: " + ", ".join(close)) if close else
                               "run `recipe plan` to list quantizer names", key=key_of(what))
-        found += [h for h in hits if h not in found]
+        for hit in hits:
+            if hit not in seen:
+                seen.add(hit)
+                found.append(hit)
     return found

@@ -226,7 +226,7 @@ def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | No
                 state.add(qualify(name, site), name, quantizer, assignment.kinds[kind])
             setattr(owners[name], SITES_ATTR, table)
             state.op_sites[name] = sites
-    _apply_shares(model, recipe, state)
+    _apply_shares(model, recipe, state, modules)
     setattr(model, STATE_ATTR, state)
     return state
 
@@ -258,9 +258,16 @@ def _share_groups(model: nn.Module, recipe: Recipe, names: list[str]) -> list[tu
     return found
 
 
-def _apply_shares(model: nn.Module, recipe: Recipe, state: QuantState) -> None:
-    modules = dict(model.named_modules())
-    for label, members, optional in _share_groups(model, recipe, list(state.quantizers)):
+def _apply_shares(model: nn.Module, recipe: Recipe, state: QuantState,
+                  modules: dict[str, nn.Module] | None = None) -> None:
+    groups = _share_groups(model, recipe, list(state.quantizers))
+    if not groups:
+        return
+    modules = modules if modules is not None else dict(model.named_modules())
+    names_of: dict[int, list[str]] = {}  # quantizer object -> the names it answers to, in state order
+    for name, quantizer in state.quantizers.items():
+        names_of.setdefault(id(quantizer), []).append(name)
+    for label, members, optional in groups:
         if len(members) < 2:
             if optional:
                 continue
@@ -274,17 +281,19 @@ def _apply_shares(model: nn.Module, recipe: Recipe, state: QuantState) -> None:
                 raise RecipeError(f"{label}: {member} and {members[0]} have different descriptors "
                                   f"({backend.quantizer_summary(current)} vs {backend.quantizer_summary(leader)})",
                                   hint="shared quantizers need the same bits, axis, sign and calibrator")
-            for other_name, other in list(state.quantizers.items()):
-                if other is current:
-                    _replace(modules, state, other_name, leader)
-                    state.quantizers[other_name] = leader
-                    state.settings[other_name] = state.settings.get(members[0], QuantizerSettings())
+            moved = names_of.pop(id(current))
+            for other_name in moved:
+                _replace(modules, state, other_name, leader)
+                state.quantizers[other_name] = leader
+                state.settings[other_name] = state.settings.get(members[0], QuantizerSettings())
+            names_of[id(leader)] += moved
         state.groups.append(members)
 
 
 def disable_matching(state: QuantState, patterns: list[str], *, what: str = "disable") -> list[str]:
     """Disable quantizers whose name, owning module or an ancestor of it matches a pattern."""
     disabled: list[str] = []
+    seen: set[str] = set()
     for pattern in patterns:
         hits = []
         for name, owner in state.owners.items():
@@ -296,11 +305,13 @@ def disable_matching(state: QuantState, patterns: list[str], *, what: str = "dis
             select_names(list(state.quantizers), [pattern], what=what)  # raises with the nearest names
         for name in hits:
             backend.set_enabled(state.quantizers[name], False)
-            if name not in disabled:
+            if name not in seen:
+                seen.add(name)
                 disabled.append(name)
     # a shared quantizer disabled under one name is disabled under all of them
     for name, quantizer in state.quantizers.items():
-        if not backend.is_enabled(quantizer) and name not in disabled:
+        if name not in seen and not backend.is_enabled(quantizer):
+            seen.add(name)
             disabled.append(name)
     state.disabled = sorted(set(state.disabled) | set(disabled))
     return disabled
