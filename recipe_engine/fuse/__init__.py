@@ -68,19 +68,22 @@ def fuse_chains(model: nn.Module, pattern: list[str], *, scope: list[str] | None
     options = options or {}
     types = [_element_types(e) for e in pattern]
     fusions: list[Fusion] = []
-    for parent_name, parent in list(model.named_modules()):
-        if not isinstance(parent, _containers()):
-            continue
+    kinds = _containers()
+    width = len(types)
+    # snapshot the containers only (folding replaces children, never containers)
+    parents = [(name, module) for name, module in model.named_modules() if isinstance(module, kinds)]
+    for parent_name, parent in parents:
         keys = list(parent._modules)
         index = 0
-        while index + len(types) <= len(keys):
-            run = [parent._modules[keys[index + j]] for j in range(len(types))]
-            names = [f"{parent_name}.{keys[index + j]}" if parent_name else keys[index + j] for j in range(len(types))]
-            if all(isinstance(m, t) for m, t in zip(run, types, strict=True)) and _in_scope(names[0], scope):
-                fusions.append(_fold_run(parent, keys[index:index + len(types)], run, names, options, entry))
-                index += len(types)
-            else:
-                index += 1
+        while index + width <= len(keys):
+            run = [parent._modules[keys[index + j]] for j in range(width)]
+            if all(isinstance(m, t) for m, t in zip(run, types, strict=True)):
+                names = [f"{parent_name}.{key}" if parent_name else key for key in keys[index:index + width]]
+                if _in_scope(names[0], scope):
+                    fusions.append(_fold_run(parent, keys[index:index + width], run, names, options, entry))
+                    index += width
+                    continue
+            index += 1
     return fusions
 
 
