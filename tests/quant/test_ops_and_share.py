@@ -82,6 +82,23 @@ def test_shared_quantizers_are_one_object_with_merged_statistics() -> None:
     assert abs(shared - max(float(s) for s in seen)) < 1e-6 * shared + 1e-3  # histogram 'max' = range end
 
 
+def test_overlapping_share_groups_tie_every_name_to_the_last_leader() -> None:
+    """A quantizer already shared under two names is replaced under both when a later group re-ties one."""
+    batches = [torch.randn(2, 3, 8, 8)]
+    model = TinyDenseNet().eval()
+    recipe = _recipe(rules=[{"select": {"type": "Conv2d"}, "quantize": {"input": "act", "weight": "w"}}],
+                     share=[["lateral.input", "head.input"], ["stem.0.input", "head.input"]])
+    state = apply(model, recipe, batches)
+    leader = state.quantizers["stem.0.input"]
+    assert state.quantizers["lateral.input"] is leader and state.quantizers["head.input"] is leader
+    assert model.head._input_quantizer is leader and model.lateral._input_quantizer is leader
+    assert model.stem[0]._input_quantizer is leader
+    assert state.groups == [["lateral.input", "head.input"], ["stem.0.input", "head.input"]]
+    assert [sorted(names) for names, _ in state.unique() if len(names) > 1] == [
+        ["head.input", "lateral.input", "stem.0.input"]]
+    assert state.quantizers["stem.0.weight"] is not state.quantizers["head.weight"]
+
+
 def test_root_module_cat_is_an_op_site() -> None:
     batches = [torch.randn(2, 3, 8, 8) for _ in range(2)]
     model = TinyDenseNet().eval()
