@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..quant import backend
-from ..quant.apply import QuantState, get_state
+from ..quant.apply import QuantizerSettings, QuantState, get_state
 from ..recipe.errors import RecipeError
 from ..recipe.schema import CalibrationSection
 from .collect import collect_statistics  # noqa: F401 - re-exported
@@ -32,7 +32,7 @@ def finish_calibration(state: QuantState, settings: CalibrationSection) -> dict[
     summary: dict[str, dict] = {}
     for names, quantizer in state.unique():
         label = names[0] if len(names) == 1 else f"{names[0]} (shared with {', '.join(names[1:])})"
-        settings_of = state.settings_of(quantizer)
+        settings_of = state.settings.get(names[0], QuantizerSettings())  # names[0]: as settings_of, no scan
         if settings_of.fixed_amax:
             amax = backend.get_amax(quantizer)
         else:
