@@ -409,6 +409,9 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
         qat_metrics = run_qat(model, loaded, out, forward=forward, evaluate=evaluate, val_batches=val_batches,
                               resume=resume, show_progress=show_progress)
         metrics.update(qat_metrics)
+        story.detail(f"{metrics.get('qat_steps')} steps")
+        if isinstance(metrics.get("qat_loss"), dict):
+            story.detail(f"loss {metrics['qat_loss']['first']:.4g} -> {metrics['qat_loss']['last']:.4g}")
         if isinstance(metrics.get("qat"), dict):
             story.detail(figures(metrics["qat"]))
     if not distributed.is_main():

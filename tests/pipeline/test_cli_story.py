@@ -123,3 +123,19 @@ def test_inspect_a_file_that_is_not_a_model_is_a_clean_error(tmp_path) -> None:
     result = CliRunner().invoke(main, ["inspect", str(bad)])
     assert result.exit_code == 1
     assert "cannot read it with weights_only=True" in result.output and "Traceback" not in result.output
+
+
+def test_run_with_qat_tells_the_qat_stage_and_adds_qat_columns(tmp_path) -> None:
+    out = tmp_path / "digits"
+    result = CliRunner().invoke(main, ["run", RECIPE, "--out", str(out), "--set", "qat={steps: 3}",
+                                       "--set", "export=[]"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    qat_line = next(line for line in result.stderr.splitlines() if line.startswith("QAT "))
+    assert f"{metrics['qat_steps']} steps" in qat_line and f"top1 {metrics['qat']['top1']:.4g}" in qat_line
+    rows = [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines()]
+    fp32, qat = metrics["fp32"]["top1"], metrics["qat"]["top1"]
+    assert ["metric", "FP32", "INT8", "drop", "QAT", "QAT drop"] in rows
+    assert ["top1", f"{fp32:.4g}", f"{metrics['int8']['top1']:.4g}", f"{fp32 - metrics['int8']['top1']:+.4g}",
+            f"{qat:.4g}", f"{fp32 - qat:+.4g}"] in rows
+    assert not any(line.startswith("export") for line in result.stderr.splitlines())
