@@ -199,13 +199,18 @@ def plan(recipe_file: str, overrides: tuple[str, ...], as_json: bool) -> None:
               help="Allow this run to replace a QAT checkpoint of another recipe in the run directory.")
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Run on N local processes under torchrun (gloo on CPU, nccl on GPU).")
+@click.option("--quiet", "-q", is_flag=True, help="Print errors only (no stage lines, bars or summary).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the metrics JSON (as in metrics.json) on stdout and nothing else there.")
 @click.pass_context
 def run(ctx: click.Context, recipe_file: str, overrides: tuple[str, ...], out_dir: Path | None,
-        resume: bool | None, overwrite: bool, nproc: int | None) -> None:
+        resume: bool | None, overwrite: bool, nproc: int | None, quiet: bool, as_json: bool) -> None:
     """Run the whole pipeline: fuse, quantize, calibrate, evaluate, [QAT,] save, export.
 
-    The run is built next to the run directory and moved into place when it completes; a failed
-    run leaves its record (metrics.json, report.md, files so far) in <run directory>.failed.
+    Prints a line per stage with its duration on stderr, then a summary table (metrics FP32/INT8/drop,
+    each export's status). The run is built next to the run directory and moved into place when it
+    completes; a failed run leaves its record (metrics.json, report.md, files so far) in
+    <run directory>.failed and exits 1.
     """
     from .recipe import load_recipe
     from .recipe.paths import safe_dir_name
@@ -216,21 +221,41 @@ def run(ctx: click.Context, recipe_file: str, overrides: tuple[str, ...], out_di
         from .train.distributed import launch
 
         args = [*(["--debug"] if ctx.obj.get("debug") else []), "run", recipe_file, "--out", str(target),
-                *(f"--set={o}" for o in overrides), *(["--overwrite"] if overwrite else [])]
+                *(f"--set={o}" for o in overrides), *(["--overwrite"] if overwrite else []),
+                *(["--quiet"] if quiet else []), *(["--json"] if as_json else [])]
         if resume is not None:
             args.append("--resume" if resume else "--no-resume")
         sys.exit(launch(nproc, args))
 
+    from .console import Story, print_summary
     from .pipeline import run_recipe
     from .train.distributed import is_main
 
-    metrics = run_recipe(loaded, target, resume=resume, overwrite=overwrite)
+    story = Story(quiet=quiet)
+    metrics = run_recipe(loaded, target, show_progress=not quiet, resume=resume, overwrite=overwrite, story=story)
     if not is_main():
         return
-    click.echo(f"run directory: {target}")
-    summary = {k: metrics[k] for k in ("fp32", "int8", "qat") if k in metrics}
-    if summary:
-        click.echo("metrics: " + json.dumps(summary))
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2, default=str))
+    elif not quiet:
+        print_summary(metrics, target)
+
+
+@main.command()
+@click.argument("model_file", metavar="MODEL.pt", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(model_file: Path, as_json: bool) -> None:
+    """Show a saved model's recipe, quantizers (amax, enabled), disabled set and exports.
+
+    Reads the file with torch.load(weights_only=True); imports and calls nothing the file names.
+    """
+    from .inspection import inspect_model, print_inspection
+
+    info = inspect_model(model_file)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+    else:
+        print_inspection(info)
 
 
 @main.command()

@@ -23,6 +23,7 @@ from torch import nn
 from . import data as data_mod
 from .calib.loop import CalibrationResult
 from .calib.loop import calibrate as _calibrate_state
+from .console import NullStory, figures
 from .quant import backend
 from .quant.apply import QuantState, apply_quantization, disable_matching, get_state, plan_quantization
 from .recipe.errors import RecipeError
@@ -267,14 +268,15 @@ def _check_supported(loaded: LoadedRecipe) -> None:
 
 
 def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: bool = True,
-               resume: bool | None = None, overwrite: bool = False) -> dict:
+               resume: bool | None = None, overwrite: bool = False, story: Any = None) -> dict:
     """The whole ``recipe run``: returns the metrics written to ``metrics.json``.
 
     The run is built in a staging directory next to ``out_dir`` and moved into place when it
     completes (``util/rundir.py``); a failed run leaves ``<out_dir>.failed`` instead. Under torchrun
     every rank runs it (calibrating and training its shard); rank 0 alone writes files. ``resume`` is
     passed to QAT (None: resume from a checkpoint of the same recipe if any). ``overwrite`` allows
-    replacing a QAT checkpoint of another recipe.
+    replacing a QAT checkpoint of another recipe. ``story`` (a :class:`recipe_engine.console.Story`)
+    is told each stage as it starts and its key figures; it prints a line per stage.
     """
     from .train import distributed
 
@@ -294,10 +296,12 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: 
         record = RunRecord()
         try:
             with confined(run_dir.staging):
-                metrics = _run_recipe(loaded, run_dir.staging, show_progress, resume, record)
+                metrics = _run_recipe(loaded, run_dir.staging, show_progress, resume, record, story)
             if distributed.is_main():
                 run_dir.commit()  # while still holding the lock
         except BaseException as exc:
+            if story is not None:
+                story.failed(exc)
             if distributed.is_main():
                 record_failure(run_dir, loaded, record, exc)
             raise
@@ -310,8 +314,14 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: 
 
 
 def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bool | None,
-                record: RunRecord) -> dict:
+                record: RunRecord, story: Any = None) -> dict:
     from .train import distributed
+
+    story = story or NullStory()
+
+    def stage(name: str) -> None:
+        record.stage = name
+        story.begin(name)
 
     spec = loaded.spec
     timings: dict[str, float] = {}
@@ -319,15 +329,16 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
     if distributed.is_main():
         atomic_write_text(out / "recipe.lock.yaml", lock_text(spec, [str(f) for f in loaded.files]))
 
-    record.stage = "model"
+    stage("model")
     model = data_mod.build_model(loaded)
-    record.stage = "data"
+    stage("data")
     calib_batches = data_mod.make_data(loaded, "calibration")
     forward = data_mod.forward_fn(loaded)
     evaluate = data_mod.evaluate_fn(loaded)
     if spec.export:
         from .export.precheck import check_exports
 
+        stage("export_check")
         probe = copy.deepcopy(model)  # the run goes on with the untouched model
         _apply(probe, loaded, calib_batches, forward, None)
         check_exports(probe, loaded, calib_batches, forward)  # before any calibration
@@ -338,21 +349,24 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
 
     val_batches = None
     if evaluate is not None:
-        record.stage = "evaluate_fp32"
+        stage("evaluate_fp32")
         val_batches = data_mod.make_data(loaded, "validation")
         tick = time.perf_counter()
         metrics["fp32"] = data_mod.run_evaluate(evaluate, model, val_batches)
         timings["evaluate_fp32_seconds"] = time.perf_counter() - tick
+        story.detail(figures(metrics["fp32"]))
 
-    record.stage = "apply"
+    stage("apply")
     tick = time.perf_counter()
     state = apply(model, loaded, calib_batches, forward)
     timings["apply_seconds"] = time.perf_counter() - tick
-    record.stage = "calibration"
+    story.detail(f"fusions {len(state.fused)} / quantizers {state.enabled_count()}")
+    stage("calibration")
     shard = distributed.calibration_shard(model, calib_batches, spec.calibration.batches, forward)
     result = calibrate(model, loaded, shard, forward, show_progress)
     metrics["calibration_seconds"] = result.seconds
     metrics["calibration_batches"] = result.batches
+    story.detail(f"{result.batches} batches, {spec.calibration.method}")
 
     def summarize() -> None:
         metrics["quantizers"] = state.enabled_count()
@@ -370,48 +384,61 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
     summarize()
     record.report = report
     if evaluate is not None:
-        record.stage = "evaluate_int8"
+        stage("evaluate_int8")
         tick = time.perf_counter()
         metrics["int8"] = data_mod.run_evaluate(evaluate, model, val_batches)
         timings["evaluate_int8_seconds"] = time.perf_counter() - tick
+        story.detail(figures(metrics["int8"]))
 
     if spec.tune is not None:
         from .analyze.tune import run_tune
 
-        record.stage = "tune"
+        stage("tune")
         tick = time.perf_counter()
         metrics["tune"] = run_tune(model, loaded, out, calib_batches, val_batches, forward, evaluate,
                                    metrics.get("fp32"))
         metrics["int8"] = data_mod.run_evaluate(evaluate, model, val_batches)
         timings["tune_seconds"] = time.perf_counter() - tick
         state.disabled = sorted(set(state.disabled) | set(metrics["tune"]["disabled_quantizers"]))
+        story.detail(f"disabled {len(metrics['tune']['disabled_quantizers'])}, INT8 {figures(metrics['int8'])}")
 
     if spec.qat is not None:
         from .train.qat import run_qat
 
-        record.stage = "qat"
+        stage("qat")
         qat_metrics = run_qat(model, loaded, out, forward=forward, evaluate=evaluate, val_batches=val_batches,
                               resume=resume, show_progress=show_progress)
         metrics.update(qat_metrics)
+        story.detail(f"{metrics.get('qat_steps')} steps")
+        if isinstance(metrics.get("qat_loss"), dict):
+            story.detail(f"loss {metrics['qat_loss']['first']:.4g} -> {metrics['qat_loss']['last']:.4g}")
+        if isinstance(metrics.get("qat"), dict):
+            story.detail(figures(metrics["qat"]))
     if not distributed.is_main():
         return metrics  # rank 0 alone writes the model, exports, metrics and report
 
-    record.stage = "save"
+    stage("save")
     save_quantized(model, out / "model.pt", loaded)
     summarize()
+    story.detail("model.pt")
 
     exports: list[dict] = []
     if spec.export:
         from .export.runner import run_exports
 
-        record.stage = "export"
+        stage("export")
         tick = time.perf_counter()
         exports = run_exports(model, loaded, out, calib_batches, forward)
         timings["export_seconds"] = time.perf_counter() - tick
+        story.detail(f"{len(exports)} entries")
+        story.end()
+        story.exports(exports)
     metrics["exports"] = exports
     timings["total_seconds"] = time.perf_counter() - started
     metrics["status"] = "ok"
-    record.stage = "report"
+    stage("report")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=False) + "\n")
     report()
+    story.end()
     return metrics
+

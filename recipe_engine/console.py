@@ -1,0 +1,152 @@
+"""What ``recipe run`` and ``recipe inspect`` print: the stage lines, the summary table, a model file's contents.
+
+:class:`Story` receives the run's stages from ``pipeline._run_recipe`` (``begin`` when a stage
+starts, ``detail`` for its key figure) and prints one line per stage on stderr when it ends, with
+its duration. :func:`print_summary` prints the final table (rich) on stdout.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+STAGE_LABELS = {
+    "model": "build model", "data": "load data", "export_check": "export check", "evaluate_fp32": "FP32 evaluation", "apply": "apply",
+    "calibration": "calibration", "evaluate_int8": "INT8 evaluation", "tune": "tune", "qat": "QAT",
+    "save": "save", "export": "export", "report": "report",
+}
+
+
+def figures(values: Any) -> str:
+    """``top1 99.72, loss 0.1``: a metrics dict on one line."""
+    if not isinstance(values, dict):
+        return str(values)
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in values.items())
+
+
+class NullStory:
+    """The stage receiver of a run that prints nothing (Python API callers)."""
+
+    def begin(self, stage: str) -> None: ...
+    def detail(self, text: str) -> None: ...
+    def exports(self, results: list[dict]) -> None: ...
+    def end(self) -> None: ...
+    def failed(self, exc: BaseException) -> None: ...
+
+
+class Story:
+    """One line per finished stage on stderr (nothing when ``quiet``; only rank 0 under torchrun)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.stage: str | None = None
+        self.started = 0.0
+        self.details: list[str] = []
+        self.lines: list[str] = []  # what was printed, for tests and the failure line
+
+    def _say(self, text: str) -> None:
+        from .train.distributed import is_main
+
+        if self.quiet or not is_main():
+            return
+        self.lines.append(text)
+        click.echo(text, err=True)
+
+    def begin(self, stage: str) -> None:
+        """End the current stage (printing its line) and start ``stage``."""
+        self.end()
+        self.stage, self.started, self.details = stage, time.perf_counter(), []
+
+    def detail(self, text: str) -> None:
+        self.details.append(text)
+
+    def end(self) -> None:
+        if self.stage is None:
+            return
+        seconds = time.perf_counter() - self.started
+        label = STAGE_LABELS.get(self.stage, self.stage)
+        extra = f"  {', '.join(self.details)}" if self.details else ""
+        self._say(f"{label:<16} {seconds:7.2f} s{extra}")
+        self.stage = None
+
+    def exports(self, results: list[dict]) -> None:
+        """One line per export entry, as the export stage ends."""
+        for result in results:
+            self._say(f"  {result['path']} {export_status(result)}  {export_figures(result)}".rstrip())
+
+    def failed(self, exc: BaseException) -> None:
+        """The current stage's line, marked FAILED (the error itself is printed by the command)."""
+        if self.stage is None:
+            return
+        seconds = time.perf_counter() - self.started
+        label = STAGE_LABELS.get(self.stage, self.stage)
+        self._say(f"{label:<16} {seconds:7.2f} s  FAILED")
+        self.stage = None
+
+
+def export_status(result: dict) -> str:
+    status = result.get("status", "?")
+    if status == "skipped":
+        reason = str(result.get("reason", "")).removeprefix("skipped: ")
+        return f"skipped ({reason})"
+    if status == "failed":
+        return f"failed ({result.get('error', '')})"
+    return status
+
+
+def export_figures(result: dict) -> str:
+    runtime, pytorch = result.get("sqnr_runtime_db"), result.get("sqnr_pytorch_db")
+    if runtime is None or pytorch is None:
+        return ""
+    return f"runtime {runtime:.2f} dB vs PyTorch {pytorch:.2f} dB"
+
+
+def _drop(fp32: Any, int8: Any) -> str:
+    if not isinstance(fp32, (int, float)) or not isinstance(int8, (int, float)):
+        return "-"
+    return f"{fp32 - int8:+.4g}"
+
+
+def fmt_number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
+
+
+def summary_tables(metrics: dict) -> list[Any]:
+    """The metric table (FP32 / INT8 [/ QAT] / drop) and the export table, as rich Tables."""
+    from rich.table import Table
+    from rich.text import Text
+
+    fp32, int8, qat = metrics.get("fp32") or {}, metrics.get("int8") or {}, metrics.get("qat") or {}
+    tables = []
+    if fp32 or int8:
+        columns = ["metric", "FP32", "INT8", "drop", *(["QAT", "QAT drop"] if qat else [])]
+        table = Table(*columns, box=None, pad_edge=False, title_justify="left")
+        for key in list(dict.fromkeys([*fp32, *int8])):
+            row = [key, fmt_number(fp32.get(key, "-")), fmt_number(int8.get(key, "-")), _drop(fp32.get(key), int8.get(key))]
+            if qat:
+                row += [fmt_number(qat.get(key, "-")), _drop(fp32.get(key), qat.get(key))]
+            table.add_row(*map(Text, row))
+        tables.append(table)
+    exports = metrics.get("exports") or []
+    if exports:
+        table = Table("export", "format", "status", "figures", box=None, pad_edge=False)
+        for result in exports:
+            cells = (result["path"], result["format"], export_status(result), export_figures(result))
+            table.add_row(*map(Text, cells))
+        tables.append(table)
+    return tables
+
+
+def print_summary(metrics: dict, run_dir: Path) -> None:
+    from rich.console import Console
+
+    console = Console(width=200, highlight=False, soft_wrap=True)
+    for table in summary_tables(metrics):
+        console.print(table)
+        console.print()
+    click.echo(f"run directory: {run_dir}")
+    click.echo(f"report: {run_dir / 'report.md'}")
