@@ -2,6 +2,9 @@
 
 ``apply`` (fuse + quantize), ``calibrate`` (statistics + amax + disable), ``prepare`` (both),
 ``save_quantized``/``load_quantized`` and ``run_recipe`` (the whole ``recipe run``).
+
+Over the ~400-line guide (444): the public API steps and the run that strings them together
+live here together; save/load and plan are the next to move into modules of their own.
 """
 
 from __future__ import annotations
