@@ -12,24 +12,16 @@ from pathlib import Path
 import click
 
 from .console import fmt_number
-from .pipeline import MODEL_FILE_FORMAT, _recipe_from_lock
+from .pipeline import _recipe_from_lock, read_model_file
 
 
 def inspect_model(path: str | Path) -> dict:
     """A saved model's recipe, quantizers (amax, enabled), disabled set and exports; builds nothing."""
     import torch
 
-    from .recipe.errors import RecipeError
     from .util.imports import imports_refused
 
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: no such file") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is the file's fault
-        raise RecipeError(f"{path}: cannot read it with weights_only=True: {exc}") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
-        raise RecipeError(f"{path}: not a recipe-engine model file (format {MODEL_FILE_FORMAT})")
+    payload = read_model_file(path)
     with imports_refused(f"{path}'s recipe"):
         loaded = _recipe_from_lock(payload["lock"])
     spec = loaded.spec

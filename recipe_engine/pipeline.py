@@ -140,6 +140,19 @@ def _recipe_from_lock(text: str) -> LoadedRecipe:
         os.unlink(handle.name)
 
 
+def read_model_file(path: str | os.PathLike) -> dict:
+    """The payload of a ``model.pt`` (tensors and strings only: ``weights_only=True``), format checked."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is the file's fault
+        raise RecipeError(f"{path}: cannot read it with weights_only=True: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
+        raise RecipeError(f"{path}: not a recipe-engine model file (format {MODEL_FILE_FORMAT})")
+    return payload
+
+
 def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, *,
                    factory: Callable[[], nn.Module] | None = None, trust_recipe: bool = False) -> nn.Module:
     """Rebuild a quantized model from ``model.pt`` without calibrating and without a GPU.
@@ -152,14 +165,7 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, *,
     ``trust_recipe=True`` lifts both rules for a file you trust: the model is built by calling the
     lock's ``model.factory`` and the lock may import what it names; what it will import is logged first.
     """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: no such file") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is the file's fault
-        raise RecipeError(f"{path}: cannot read it with weights_only=True: {exc}") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
-        raise RecipeError(f"{path}: not a recipe-engine model file (format {MODEL_FILE_FORMAT})")
+    payload = read_model_file(path)
     loaded = _recipe_from_lock(payload["lock"])
     spec = loaded.spec
     if trust_recipe:
