@@ -44,34 +44,10 @@ def rank1_fails(count: int = 6):
 
 
 class _Blocking:
-    """Calibration batches that, from batch ``at`` on, touch ``$READY_FILE`` and sleep (to be killed)."""
+    """Batches that, from batch ``at`` on, touch ``$READY_FILE`` and sleep (to be killed)."""
 
-    def __init__(self, count: int, at: int):
-        self.batches, self.at = dense_batches(count), at
-
-    def __iter__(self):
-        for index, batch in enumerate(self.batches):
-            if index == self.at and os.environ.get("READY_FILE"):
-                Path(os.environ["READY_FILE"]).write_text(str(os.getpid()))
-                time.sleep(120)
-            yield batch
-
-
-def blocking_data(count: int = 3, at: int = 1):
-    return _Blocking(count, at)
-
-
-def dense_model():
-    return build_dense()
-
-
-class _BlockingTrain:
-    """QAT batches that touch ``$READY_FILE`` and sleep at batch ``at`` (after a checkpoint), to be killed."""
-
-    def __init__(self, count: int, at: int):
-        from tests.train.models import regression_data
-
-        self.batches, self.at = regression_data(count, seed=1), at
+    def __init__(self, batches: list, at: int):
+        self.batches, self.at = batches, at
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -84,5 +60,17 @@ class _BlockingTrain:
             yield batch
 
 
+def blocking_data(count: int = 3, at: int = 1):
+    """Calibration batches that block at batch ``at``."""
+    return _Blocking(dense_batches(count), at)
+
+
+def dense_model():
+    return build_dense()
+
+
 def blocking_train(count: int = 8, at: int = 3):
-    return _BlockingTrain(count, at)
+    """QAT batches that block at batch ``at`` (after a checkpoint)."""
+    from tests.train.models import regression_data
+
+    return _Blocking(regression_data(count, seed=1), at)
