@@ -1,7 +1,17 @@
-"""The recipe (v1): the top-level model that the sections and the export formats' settings make up.
+"""The recipe (v1): the top-level model, assembled from the sections and the registries.
 
-The sections live in :mod:`.sections` (one module per job), every export format's settings next to
-the format (:mod:`recipe_engine.export.settings`). The names below are re-exported so that
+The sections live in :mod:`.sections` (one module per job). The parts that extensions add to are
+assembled from registries keyed by name (:mod:`recipe_engine.registry`):
+
+- ``export:`` is the discriminated union (on ``format``) of every registered export format's
+  settings model (:mod:`recipe_engine.export.formats`; the built-ins' in
+  :mod:`recipe_engine.export.settings`);
+- ``calibration.method`` and a quantizer's ``method`` accept the registered amax methods, and
+  ``calibration:`` has their settings' keys (:mod:`.sections.calibration`).
+
+When a registry changes, :func:`rebuild` rebuilds the models in place (the classes stay the same
+objects), so a format or method registered from Python is accepted by the next recipe loaded and
+appears in ``recipe schema``. The names below are re-exported so that
 ``from recipe_engine.recipe.schema import QuantizerSpec`` keeps working.
 
 This module must stay light: it is imported by ``recipe validate`` and
@@ -12,19 +22,20 @@ from __future__ import annotations
 
 import difflib
 from pathlib import PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
+from ..calib import methods
+from ..export import formats
 from ..export.settings import ExportBase, OnnxQdqExport, OnnxSparseExport, TensorRTExport
 from .imports import Import, recipe_imports
 from .paths import path_conflicts
-from .sections import Section
-from .sections.calibration import CalibrationSection
+from .sections import Section, calibration
+from .sections.calibration import CalibrationMethod, CalibrationSection
 from .sections.data import DataSection, FactoryRef, ModelSection
 from .sections.fuse import FuseEntry
 from .sections.quantize import (
-    CalibrationMethod,
     OpName,
     QuantizerRef,
     QuantizerSpec,
@@ -45,7 +56,17 @@ __all__ = [
     "ShareGroup", "ShareRef", "TensorRTExport", "TuneSection",
 ]
 
-ExportEntry = Annotated[OnnxQdqExport | OnnxSparseExport | TensorRTExport, Field(discriminator="format")]
+
+
+def export_entry() -> Any:
+    """The type of one ``export:`` entry: the registered formats' settings models, told apart by ``format``."""
+    models = tuple(f.settings for f in formats.FORMATS.entries())
+    if len(models) == 1:  # a discriminated union needs two members; one model checks its own format literal
+        return models[0]
+    return Annotated[Union[models], Field(discriminator="format")]  # noqa: UP007 (a runtime tuple of models)
+
+
+ExportEntry = export_entry()
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -124,16 +145,10 @@ class Recipe(Section):
             for op, ref in (rule.ops or {}).items():
                 if ref is not False:
                     check(ref, ("rules", i, "ops", op))
-        qdq_paths: set[str] = set()
         for i, message in path_conflicts([PurePosixPath(e.path) for e in self.export]):
             errors.append((("export", i, "path"), message))
-        for i, entry in enumerate(self.export):
-            if isinstance(entry, OnnxQdqExport):
-                qdq_paths.add(entry.path)
-            if isinstance(entry, TensorRTExport) and entry.source not in qdq_paths:
-                known = ", ".join(sorted(qdq_paths)) or "none"
-                errors.append((("export", i, "source"), f"source {entry.source!r} is not the path of an earlier "
-                               f"onnx-qdq export (earlier onnx-qdq paths: {known})"))
+        for i, entry in enumerate(self.export):  # each format checks its own references (tensorrt: source)
+            errors += [(("export", i, *key), message) for key, message in entry.reference_errors(self.export[:i])]
         return errors
 
     def factories(self) -> list[str]:
@@ -147,3 +162,17 @@ class Recipe(Section):
     def imports(self) -> list[Import]:
         """Every import this recipe causes, with the key that causes it (see :mod:`.imports`)."""
         return recipe_imports(self)
+
+
+def rebuild() -> None:
+    """Re-assemble the registry-built parts and rebuild the models that hold them, in place."""
+    global ExportEntry
+    ExportEntry = export_entry()
+    Recipe.__pydantic_fields__["export"].annotation = list[ExportEntry]
+    calibration.assemble()
+    for model in (QuantizerSpec, QuantizeSpec, Rule, Recipe):  # containers of CalibrationMethod / the section
+        model.model_rebuild(force=True)
+
+
+formats.FORMATS.subscribe(rebuild)
+methods.METHODS.subscribe(rebuild)

@@ -1,4 +1,9 @@
-"""Settings models of the export formats: light modules (no torch) that the recipe schema is built from."""
+"""Settings models of the export formats: light modules (no torch) the recipe schema is assembled from.
+
+Each built-in format's module defines its settings model and registers the format
+(:func:`recipe_engine.export.formats.register`), naming its ``run`` function by module path so
+that nothing heavy is imported here. Importing this package registers the built-ins.
+"""
 
 from __future__ import annotations
 

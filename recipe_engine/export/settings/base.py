@@ -56,3 +56,7 @@ class ExportBase(Section):
                     raise ValueError(f"`{key}` was removed: {why}")
         return data
 
+    def reference_errors(self, earlier: list[ExportBase]) -> list[tuple[tuple[str | int, ...], str]]:
+        """Checks against the entries before this one: ``(key path inside this entry, message)`` pairs."""
+        return []
+

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..formats import register
 from .base import CALL_INPUTS, CALL_OUTPUTS, MARGIN_DB, ExportBase
 
 
@@ -20,3 +21,7 @@ class OnnxQdqExport(ExportBase):
     outputs: list[str] | None = CALL_OUTPUTS
     margin_db: float = MARGIN_DB
 
+
+
+register("onnx-qdq", OnnxQdqExport, "recipe_engine.export.runner:run_qdq",
+         precheck="recipe_engine.export.precheck:precheck_qdq")

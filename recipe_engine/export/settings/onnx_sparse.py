@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from ..formats import register
 from .base import CALL_INPUTS, CALL_OUTPUTS, MARGIN_DB, ExportBase
 
 
@@ -57,3 +58,7 @@ class OnnxSparseExport(ExportBase):
             raise ValueError(f"compat: {self.compat} loads int8 chains only; remove allow_fp16_to_int8")
         return self
 
+
+
+register("onnx-sparse", OnnxSparseExport, "recipe_engine.export.runner:run_sparse", capture="sparse",
+         precheck="recipe_engine.export.precheck:precheck_sparse")

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ...recipe.paths import safe_relative_path
+from ..formats import register
 from .base import MARGIN_DB, ExportBase
 
 
@@ -27,3 +28,14 @@ class TensorRTExport(ExportBase):
     )
     margin_db: float = MARGIN_DB
 
+
+    def reference_errors(self, earlier: list[ExportBase]) -> list[tuple[tuple[str | int, ...], str]]:
+        qdq_paths = [e.path for e in earlier if e.format == "onnx-qdq"]
+        if self.source in qdq_paths:
+            return []
+        known = ", ".join(sorted(qdq_paths)) or "none"
+        return [(("source",), f"source {self.source!r} is not the path of an earlier onnx-qdq export "
+                 f"(earlier onnx-qdq paths: {known})")]
+
+
+register("tensorrt", TensorRTExport, "recipe_engine.export.runner:run_tensorrt", capture=None)

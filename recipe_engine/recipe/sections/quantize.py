@@ -8,8 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..validators import check_patterns, check_types
 from . import Section
-
-CalibrationMethod = Literal["max", "entropy", "mse", "percentile"]
+from .calibration import CalibrationMethod
 
 
 # --------------------------------------------------------------------------- quantizers
