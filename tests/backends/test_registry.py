@@ -39,8 +39,7 @@ def test_an_extension_backend_is_used_by_a_recipe_like_a_builtin() -> None:
         calibrate(model, RECIPE, batches)
         assert all(backends.backend_of(q) is PQ for q in state.quantizers.values())
     finally:
-        backends._SOURCES.pop("pq-alias")
-        backends._LOADED.pop("pq-alias", None)
+        backends.unregister("pq-alias")
 
 
 def test_recipe_settings_live_in_the_engine_state_not_on_quantizers() -> None:
