@@ -36,7 +36,7 @@ details summary{cursor:pointer;font-size:13px;margin:6px 0}
 """
 
 SECTIONS = [("metrics", "Metrics"), ("exports", "Exports"), ("layers", "Per-layer SQNR"),
-            ("quantizers", "Quantizers"), ("histograms", "Calibration histograms"), ("tune", "Tune"),
+            ("histograms", "Calibration histograms"), ("tune", "Tune"), ("quantizers", "Quantizers"),
             ("timings", "Timings")]
 
 
@@ -177,12 +177,12 @@ def render_html(data: ReportData) -> str:
                    else '<p class="note">(no data.evaluate)</p>'))
     body.append(f'<h2 id="exports">Exports</h2>{_exports(data)}')
     body.append(f'<h2 id="layers">Per-layer output SQNR vs FP32</h2>{_layers(data)}')
-    body.append(f'<h2 id="quantizers">Quantizers</h2>{_quantizers(data)}')
     body.append('<h2 id="histograms">Calibration histograms</h2><p class="note">The worst-SQNR activations and the '
                 "most clipped ones, with the chosen amax (dashed).</p>"
                 + ("".join(figure(h) for h in data.histograms) or '<p class="note">(no histogram calibrators)</p>'))
     if m.get("tune"):
         body.append(f'<h2 id="tune">Tune</h2>{_tune(data)}')
+    body.append(f'<h2 id="quantizers">Quantizers</h2>{_quantizers(data)}')
     timings = [[k.removesuffix("_seconds"), f"{v:.2f}"] for k, v in (m.get("timings") or {}).items()]
     body.append('<h2 id="timings">Timings</h2>' + table(["step", "seconds"], timings, numeric={1}))
     body.append("</main>")

@@ -41,11 +41,12 @@ class _Power:
 
     def add(self, reference: Any, approx: Any) -> None:
         for ref, app, missing in _pairs(reference, approx):
-            ref, app = ref.detach().double(), app.detach().double()
             if ref.shape != app.shape:
                 continue
-            self.signal += ref.square().sum().item()
-            self.noise += (ref - app).square().sum().item()
+            ref, app = ref.detach().float().reshape(-1), app.detach().float().reshape(-1)
+            diff = ref - app
+            self.signal += float(torch.dot(ref, ref))  # BLAS dot: float32 products, blocked sums (~1e-6 relative)
+            self.noise += float(torch.dot(diff, diff))
             self.elements += ref.numel()
             self.unmatched += missing
 

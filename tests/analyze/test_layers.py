@@ -149,5 +149,5 @@ def test_sparse_sites_in_another_order_are_matched_by_coordinates() -> None:
     power = _Power()
     power.add([reference], [approx])
     expected = sqnr_db(reference.features[keep], reference.features[keep] + noise[keep])
-    assert abs(power.db() - expected) < 1e-9
+    assert abs(power.db() - expected) < 1e-4
     assert power.unmatched == 7 and power.elements == len(keep) * 3
