@@ -119,7 +119,7 @@ def run_exports(model: nn.Module, loaded: LoadedRecipe, out_dir: str | os.PathLi
             result = kind.runner()(context, entry)
         except RecipeError as exc:
             if on_result is not None:
-                on_result({**_base(entry), "status": "failed", "error": exc.headline,
+                on_result({**context.base(entry), "status": "failed", "error": exc.headline,
                            "seconds": round(time.perf_counter() - tick, 3)})
             raise loaded.error(("export", index), f"{entry.path}: {exc.headline}", hint=exc.hint) from None
         result["seconds"] = round(time.perf_counter() - tick, 3)
