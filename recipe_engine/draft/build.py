@@ -39,6 +39,19 @@ class DraftResult:
     expected_fusions: int = 0
     repaired: list[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """What was written, in a few lines, and what to do next."""
+        count = {s.key: len([e for e in s.entries if e.commented is None]) for s in self.sections}
+        left = sum(1 for s in self.sections for e in s.entries if e.commented is not None)
+        lines = [f"wrote {self.path}: {count['fuse']} fuse entries ({len(self.plan.fusions)} fusions), "
+                 f"{count['rules']} rules ({len(self.plan.quantizers)} quantizers), {len(self.plan.shares)} share "
+                 f"groups, {len(self.plan.disabled)} quantizers disabled, {count['export']} exports"]
+        if left:
+            lines.append(f"left out (as comments, with the reason): {left} entr{'y' if left == 1 else 'ies'}")
+        lines += [f"note: {n}" for n in self.notes]
+        lines.append(f"next: recipe plan {self.path}   then   recipe run {self.path}")
+        return "\n".join(lines)
+
     def explain(self) -> list[str]:
         """Why each entry is there, section by section, then what plan found."""
         from .writer import flow
@@ -55,7 +68,7 @@ class DraftResult:
                 lines.append(mark + flow(entry.value))
                 lines += [f"      why: {w}" for w in entry.why]
                 if entry.commented is not None:
-                    lines.append(f"      left out: {entry.commented}")
+                    lines.append(f"      {entry.commented}")
         for note in self.notes:
             lines.append(f"note: {note}")
         if self.plan is not None:
@@ -149,7 +162,14 @@ def _comment_out(entry: Entry, reason: str, sections: list[Section]) -> None:
     for section in sections:
         for other in section.entries:
             if other.commented is None and path and other.extra.get("source") == path:
-                other.commented = f"its source {path} is not drafted"
+                other.commented = f"left out: its source {path} is left out"
+
+
+def _short_reason(exc: RecipeError) -> str:
+    """The error without its key, first line only, at most ~240 characters."""
+    text = (exc.diagnostics[0].message if exc.diagnostics else exc.headline).split(": ", 1)[-1]
+    text = text.splitlines()[0] if text else text
+    return text if len(text) <= 240 else text[:237].rsplit(" ", 1)[0] + " ..."
 
 
 def draft_recipe(loaded: LoadedRecipe, out: str | Path, name: str | None = None) -> DraftResult:
@@ -174,8 +194,8 @@ def draft_recipe(loaded: LoadedRecipe, out: str | Path, name: str | None = None)
             if entry is None:
                 raise RecipeError(f"{out}: the draft does not pass `recipe plan` (please report it): "
                                   f"{exc.format()}") from None
-            reason = (exc.diagnostics[0].message if exc.diagnostics else exc.headline).split(": ", 1)[-1]
-            _comment_out(entry, reason, sections)
+            reason = _short_reason(exc)
+            _comment_out(entry, f"left out: `recipe plan` says {reason}", sections)
             result.repaired.append(reason)
     raise RecipeError(f"{out}: the draft still fails `recipe plan` after {MAX_REPAIRS} corrections")
 

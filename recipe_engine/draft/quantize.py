@@ -119,42 +119,63 @@ def _readers(trace: Trace, layers: dict[str, str], disabled: set[str]) -> dict[i
     return readers
 
 
-def _groups(trace: Trace, layers: dict[str, str], disabled: set[str], sites: set[str]) -> tuple[list[list[str]], dict]:
-    readers = _readers(trace, layers, disabled)
+Edge = tuple[str, str, str, bool]  # two quantizer names, why, required (False: a suggestion)
+
+
+def _edges(trace: Trace, layers: dict[str, str], disabled: set[str], sites: set[str]) -> list[Edge]:
+    """Pairs of quantizers to tie: required when they see one distribution (or libspconv needs it)."""
+    layer_readers = _readers(trace, layers, disabled)
+    site_readers: dict[int, list[str]] = {}
     for site in trace.sites:
-        if site.quantizer not in sites:
-            continue
-        for value in dict.fromkeys(site.operands):
-            readers.setdefault(value, []).append(site.quantizer)
+        if site.quantizer in sites:
+            for value in dict.fromkeys(site.operands):
+                site_readers.setdefault(value, []).append(site.quantizer)
+    edges: list[Edge] = []
+    for value in dict.fromkeys([*layer_readers, *site_readers]):
+        source = trace.producer.get(value, "the model's input")
+        lr, sr = layer_readers.get(value, []), site_readers.get(value, [])
+        for other in lr[1:]:
+            edges.append((lr[0], other, f"{' and '.join(lr)} read one tensor (from {source})", True))
+        first = lr[0] if lr else (sr[0] if sr else None)
+        sparse_value = any(layers.get(owner_of(r)) == "sparse" for r in lr) or layers.get(source) == "sparse"
+        for site in sr:
+            if site == first:
+                continue
+            if sparse_value:
+                edges.append((first, site, f"{first} and {site} read one sparse tensor (from {source}): libspconv "
+                              "stores it int8 only when every reader uses one quantizer (an int8 chain)", True))
+            else:
+                edges.append((first, site, f"{first} and {site} read one tensor (from {source}); one scale saves "
+                              "TensorRT a reformat, but the op's other inputs then share it (usually costs "
+                              "accuracy)", False))
+    for site in trace.sites:
+        if site.kind == "cat" and site.quantizer in sites:
+            for reader in layer_readers.get(site.result, []):
+                edges.append((site.quantizer, reader, f"{site.quantizer}'s output feeds {reader}: a concat passes "
+                              "int8 through, so one scale avoids a reformat", True))
+    return edges
+
+
+def _components(edges: list[Edge]) -> tuple[list[list[str]], dict]:
     parent: dict[str, str] = {}
-    why: dict[str, set[str]] = {}
 
     def find(x: str) -> str:
         while parent.setdefault(x, x) != x:
             x = parent[x]
         return x
 
-    def union(a: str, b: str, reason: str) -> None:
+    for a, b, _, _ in edges:
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[rb] = ra
-        why.setdefault(a, set()).add(reason)
-
-    for value, names in readers.items():
-        names = list(dict.fromkeys(names))
-        for other in names[1:]:
-            union(names[0], other, f"{' and '.join(names)} read one tensor (from {trace.producer.get(value, 'the input')})")
-    for site in trace.sites:
-        if site.kind == "cat" and site.quantizer in sites:
-            for reader in readers.get(site.result, []):
-                if reader != site.quantizer:
-                    union(site.quantizer, reader, f"{site.quantizer}'s output feeds {reader}: a concat passes int8 "
-                          "through, so one scale avoids a reformat")
     components: dict[str, list[str]] = {}
     for name in parent:
         components.setdefault(find(name), []).append(name)
     groups = [sorted(m) for m in components.values() if len(m) > 1]
-    reasons = {tuple(g): sorted(set().union(*(why.get(n, set()) for n in g))) for g in groups}
+    reasons = {}
+    for group in groups:
+        members = set(group)
+        reasons[tuple(group)] = list(dict.fromkeys(why for a, b, why, _ in edges if a in members))
     return groups, reasons
 
 
@@ -172,8 +193,7 @@ def _share_entries(model: nn.Module, groups: list[list[str]], reasons: dict) -> 
         first_reason = reasons[tuple(found[0][1])]
         if len(found) > 1 and anchors == instances and importable(cls) and all(a for a in anchors):
             value = {"for_each": {"type": class_ref(cls)}, "quantizers": [f"{{module}}.{r}" for r in relative]}
-            why = [f"in every {cls.__name__} ({len(found)}): " + "; ".join(first_reason[:2]).replace(found[0][0] + ".",
-                                                                                                       "")]
+            why = [f"in every {cls.__name__} ({len(found)}), e.g. in {found[0][0]}: " + "; ".join(first_reason[:2])]
             entries.append(Entry(value, why, count=len(found)))
             continue
         for _, group in found:
@@ -195,8 +215,15 @@ def draft_quantization(model: nn.Module, trace: Trace) -> QuantDraft:
     disabled = {e.value for e in draft.disable}
     quantized_owners = {s.owner for s in trace.sites if _owner_ok(modules.get(s.owner))}
     sites = {s.quantizer for s in trace.sites if s.owner in quantized_owners and s.owner not in disabled}
-    draft.groups, reasons = _groups(trace, draft.layers, disabled, sites)
+    edges = _edges(trace, draft.layers, disabled, sites)
+    draft.groups, reasons = _components([e for e in edges if e[3]])
     draft.share = _share_entries(model, draft.groups, reasons)
+    every, every_reasons = _components(edges)
+    extra = [g for g in every if g not in draft.groups]
+    for entry in _share_entries(model, extra, every_reasons):
+        entry.commented = ("a suggestion, not active: uncomment to tie them for TensorRT speed when the accuracy "
+                           "allows (compare with `recipe run`)")
+        draft.share.append(entry)
     return draft
 
 

@@ -62,7 +62,7 @@ def render(header: list[str], top: dict[str, Any], sections: list[Section]) -> s
     lines = _comment(header, "") + [""]
     for key, value in top.items():
         if isinstance(value, dict) and value and key in ("model", "data"):
-            lines.append(f"{key}:")
+            lines += ([""] if key == "model" else []) + [f"{key}:"]
             lines += [f"  {k}: {flow(v)}" for k, v in value.items()]
         else:
             lines.append(f"{key}: {flow(value)}")
@@ -76,8 +76,8 @@ def render(header: list[str], top: dict[str, Any], sections: list[Section]) -> s
         lines.append(f"{section.key}:" if live else f"{section.key}: []")
         for entry in section.entries:
             if entry.commented is not None:
-                lines += _comment(entry.why + [f"not drafted: {entry.commented}"], "  ")
-                lines += ["  # " + line.lstrip() for line in _item(entry.value, "")]
+                lines += _comment(entry.why + [entry.commented], "  ")
+                lines += ["  # " + line for line in _item(entry.value, "")]
                 continue
             lines += _comment(entry.why, "  ")
             lines += _item(entry.value, "  ")
