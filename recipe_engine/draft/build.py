@@ -12,12 +12,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from .. import data as data_mod
 from ..recipe.errors import RecipeError
 from ..recipe.loader import LoadedRecipe, load_recipe
 from ..util.atomic import atomic_write_text
+from ..util.imports import import_callable
+from ..util.usercode import is_engine_error, located
 from .entries import Entry
 from .exports import draft_exports
 from .fusions import draft_fusions
@@ -116,11 +119,46 @@ def _first_batch(loaded: LoadedRecipe, batches: Any) -> Any:
                            "which is not iterable", hint="return a list (or iterable) of batches") from None
 
 
+def _trace(loaded: LoadedRecipe, model: Any, batch: Any) -> Any:
+    """Trace ``data.forward``; its errors are located at the key that names it, the tracer's frames hidden."""
+    section = loaded.spec.data
+    if section.forward is None:
+        key, what, forward = ("data", "calibration"), "model(batch)", data_mod.default_forward
+    else:
+        key, what = ("data", "forward"), section.forward
+        try:
+            forward = import_callable(section.forward, what="data.forward")
+        except RecipeError as exc:
+            raise loaded.error(key, exc.headline.removeprefix("data.forward "), hint=exc.hint) from None
+    try:
+        return trace_model(model, batch, forward)
+    except RecipeError as exc:
+        raise located(loaded, key, exc, what) from None
+    except Exception as exc:  # noqa: BLE001 - the user's forward may raise anything
+        exc.__traceback__ = _without(exc.__traceback__, trace_model.__code__.co_filename)
+        if is_engine_error(exc):
+            raise
+        raise located(loaded, key, exc, what) from None
+
+
+def _without(tb: TracebackType | None, filename: str) -> TracebackType | None:
+    """The traceback without the frames of ``filename`` (the tracer's torch-function mode)."""
+    frames = []
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename != filename:
+            frames.append(tb)
+        tb = tb.tb_next
+    rebuilt = None
+    for frame in reversed(frames):
+        rebuilt = TracebackType(rebuilt, frame.tb_frame, frame.tb_lasti, frame.tb_lineno)
+    return rebuilt
+
+
 def _sections(loaded: LoadedRecipe) -> tuple[list[Section], list[str], int]:
     model = data_mod.build_model(loaded)
     batches = data_mod.make_data(loaded, "calibration")
     batch = _first_batch(loaded, batches)
-    trace = trace_model(model, batch, data_mod.forward_fn(loaded))
+    trace = _trace(loaded, model, batch)
     fusions = draft_fusions(model, trace)
     quant = draft_quantization(model, trace)
     exports = draft_exports(quant.layers, trace.executed())
