@@ -46,9 +46,13 @@ class DraftResult:
         """What was written, in a few lines, and what to do next."""
         count = {s.key: len([e for e in s.entries if e.commented is None]) for s in self.sections}
         left = sum(1 for s in self.sections for e in s.entries if e.commented is not None)
-        lines = [f"wrote {self.path}: {count['fuse']} fuse entries ({len(self.plan.fusions)} fusions), "
-                 f"{count['rules']} rules ({len(self.plan.quantizers)} quantizers), {len(self.plan.shares)} share "
-                 f"groups, {len(self.plan.disabled)} quantizers disabled, {count['export']} exports"]
+        def n(value: int, word: str) -> str:
+            return f"{value} {word}" + ("" if value == 1 else "s")
+
+        lines = [f"wrote {self.path}: {_entries(count['fuse'])} "
+                 f"({n(len(self.plan.fusions), 'fusion')}), {n(count['rules'], 'rule')} "
+                 f"({n(len(self.plan.quantizers), 'quantizer')}), {n(len(self.plan.shares), 'share group')}, "
+                 f"{len(self.plan.disabled)} quantizers disabled, {n(count['export'], 'export')}"]
         if left:
             lines.append(f"left out (as comments, with the reason): {left} entr{'y' if left == 1 else 'ies'}")
         lines += [f"note: {n}" for n in self.notes]
@@ -80,6 +84,10 @@ class DraftResult:
                          f"quantizers {len(self.plan.quantizers)} ({enabled} enabled), share groups "
                          f"{len(self.plan.shares)}, disabled {len(self.plan.disabled)}")
         return lines
+
+
+def _entries(count: int) -> str:
+    return f"{count} fuse entr{'y' if count == 1 else 'ies'}"
 
 
 def _name(loaded: LoadedRecipe, name: str | None) -> str:

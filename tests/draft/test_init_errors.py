@@ -90,6 +90,6 @@ def test_tiny_model_draft_passes_plan(usercode: Path) -> None:
     result = _init("--model", "my_broken:tiny", "--data", "my_broken:batches", "-o", "d.yaml", "--explain")
     assert result.exit_code == 0, result.output
     assert "fuse: 1 entries" in result.output and "pattern: [Conv2d, BatchNorm2d]" in result.output
-    assert "wrote d.yaml: 1 fuse entries (1 fusions)" in result.output
+    assert "wrote d.yaml: 1 fuse entry (1 fusion)" in result.output
     plan = CliRunner().invoke(main, ["plan", "d.yaml"])
     assert plan.exit_code == 0, plan.output
