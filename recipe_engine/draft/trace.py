@@ -84,6 +84,7 @@ class Trace:
     sources: dict[int, frozenset[str]] = field(default_factory=dict)  # value -> quantizable layers it came from
     outputs: list[int] = field(default_factory=list)  # values of the forward's return value
     loose_sites: list[str] = field(default_factory=list)  # add/cat run outside any module's forward
+    alive: dict = field(default_factory=dict, repr=False)  # the traced tensors, kept so that ids stay unique
 
     def leaf_calls(self) -> list[Call]:
         return [c for c in self.calls if not c.module._modules]
@@ -229,6 +230,5 @@ def trace_model(model: nn.Module, batch: Any, forward: Callable[[nn.Module, Any]
     finally:
         recorder.close()
         model.train(was_training)
-    trace = recorder.trace
-    trace.values_alive = recorder.values  # type: ignore[attr-defined] - keep ids unique while analysed
-    return trace
+    recorder.trace.alive = recorder.values
+    return recorder.trace
