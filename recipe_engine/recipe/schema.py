@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from ..ptq.settings import PtqStep
 from .imports import Import, recipe_imports
 from .paths import path_conflicts, safe_relative_path
 from .validators import SEMVER, check_artifact, check_callable, check_patterns, check_types
@@ -605,6 +606,11 @@ class Recipe(Section):
     calibration: CalibrationSection = Field(default_factory=CalibrationSection, title="Calibration")
     qat: QatSection | None = Field(None, title="QAT")
     tune: TuneSection | None = Field(None, title="Tuning")
+    ptq: list[PtqStep] = Field(
+        default_factory=list, title="PTQ steps",
+        description="Algorithms run in order after calibration (before evaluation, QAT and export): bias_correction, "
+        "cle, adaround, brecq, range_search (see recipe_engine/ptq).",
+    )
     export: list[ExportEntry] = Field(default_factory=list, title="Exports")
     # where values read with secret() sit: recorded redacted (see recipe/secrets.py)
     _redactions: dict = PrivateAttr(default_factory=dict)
