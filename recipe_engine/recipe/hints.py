@@ -10,6 +10,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ValidationError
 
+from ..ptq.settings import BUILTIN_STEPS
 from .errors import Diagnostic, Position, dotted, nearest_position
 from .schema import Recipe
 
@@ -35,7 +36,7 @@ def _looks_like_tag(part: Any) -> bool:
     if not isinstance(part, str):
         return False
     return ("[" in part or part in {"str", "int", "float", "bool", "list", "dict"} or part[:1].isupper()
-            or part in {"onnx-qdq", "onnx-sparse", "tensorrt"} or part.startswith("function-"))
+            or part in {"onnx-qdq", "onnx-sparse", "tensorrt", *BUILTIN_STEPS} or part.startswith("function-"))
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
