@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from .context import PtqContext
 from .reconstruct import reconstruct
-from .registry import register
 from .settings import AdaRoundStep
 
 
-@register("adaround", AdaRoundStep)
 def adaround(ctx: PtqContext, settings: AdaRoundStep) -> dict:
     layers = ctx.layers(settings, "weight")
     units = []

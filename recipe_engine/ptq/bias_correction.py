@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 
 from .context import Layer, PtqContext, capture, fused_activation_off, outputs_of, run_module
-from .registry import register
 from .settings import BiasCorrectionStep
 
 
@@ -39,7 +38,6 @@ def mean_error(ctx: PtqContext, layer: Layer, batches: list, reference_inputs: l
     return total / max(count, 1)
 
 
-@register("bias_correction", BiasCorrectionStep)
 def bias_correction(ctx: PtqContext, settings: BiasCorrectionStep) -> dict:
     batches = ctx.data(settings.batches)
     layers = ctx.layers(settings, "weight")

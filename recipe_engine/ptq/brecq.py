@@ -13,7 +13,6 @@ from ..select import match_any
 from .adaround import summarize
 from .context import Layer, PtqContext
 from .reconstruct import reconstruct
-from .registry import register
 from .settings import BrecqStep
 
 
@@ -33,7 +32,6 @@ def _blocks(ctx: PtqContext, settings: BrecqStep) -> list[str]:
     return outer
 
 
-@register("brecq", BrecqStep)
 def brecq(ctx: PtqContext, settings: BrecqStep) -> dict:
     layers = ctx.layers(settings, "weight")
     blocks = _blocks(ctx, settings)

@@ -28,7 +28,6 @@ from torch import nn
 from ..quant import backend, sparse
 from ..recipe.errors import RecipeError
 from .context import Layer, PtqContext, capture, flat_tensors, outputs_of
-from .registry import register
 from .settings import CleStep
 from .weights import fresh_amax, from_oi, oi_view, supports_oi, weight_view
 
@@ -154,7 +153,6 @@ def _restore(modules: list[nn.Module], saved: list[dict]) -> None:
                 getattr(module, key).copy_(value)
 
 
-@register("cle", CleStep)
 def cle(ctx: PtqContext, settings: CleStep) -> dict:
     layers = ctx.layers(settings, "weight")
     modules = dict(ctx.model.named_modules())

@@ -16,7 +16,6 @@ import torch
 
 from ..quant import backend
 from .context import Layer, PtqContext, capture, outputs_of, relative_error, run_module
-from .registry import register
 from .settings import RangeSearchStep
 
 
@@ -34,7 +33,6 @@ def layer_output_error(ctx: PtqContext, layers: list[Layer], inputs: dict, targe
     return total
 
 
-@register("range_search", RangeSearchStep)
 def range_search(ctx: PtqContext, settings: RangeSearchStep) -> dict:
     batches = ctx.data(settings.batches)
     layers = ctx.layers(settings, "input")

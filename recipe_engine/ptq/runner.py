@@ -18,7 +18,7 @@ from ..recipe.loader import LoadedRecipe, as_loaded
 from ..recipe.schema import CalibrationSection, Recipe
 from ..select import resolve_type
 from .context import PtqContext, batch_limit
-from .registry import lookup, registered
+from .registry import STEPS, lookup
 
 
 def _settings(step: Any, index: int) -> BaseModel:
@@ -26,7 +26,7 @@ def _settings(step: Any, index: int) -> BaseModel:
     name = step.get("step") if isinstance(step, dict) else getattr(step, "step", None)
     entry = lookup(name) if isinstance(name, str) else None
     if entry is None:
-        raise RecipeError(f"ptq[{index}].step: unknown PTQ step {name!r}", hint="registered: " + ", ".join(registered()))
+        raise RecipeError(f"ptq[{index}].step: {STEPS.unknown(name)}", hint=f"register a step with {STEPS.how_to_register}")
     if isinstance(step, entry.settings):
         return step
     raw = step if isinstance(step, dict) else step.model_dump()
@@ -81,7 +81,7 @@ def run(model: nn.Module, recipe_or_steps: LoadedRecipe | Recipe | str | dict | 
         entry = lookup(settings.step)
         tick = time.perf_counter()
         with located():
-            summary = entry.fn(ctx, settings)
+            summary = entry.runner()(ctx, settings)
         records.append({"step": settings.step, "seconds": round(time.perf_counter() - tick, 3), **summary})
     return records
 

@@ -1,30 +1,17 @@
 """Settings of the built-in PTQ steps (a recipe's ``ptq:`` list), one pydantic model per step.
 
-Each entry of ``ptq:`` names its algorithm with ``step:`` (the discriminator) and carries that
-algorithm's settings; unknown keys are errors. This module is imported by the recipe schema, so
-it stays free of torch and imports nothing of the engine (the recipe package imports the schema, which
-imports this module).
+Each entry of ``ptq:`` names its algorithm with ``step:`` (the discriminator over the registered
+steps, :mod:`.registry`) and carries that algorithm's settings; unknown keys are errors. This module is imported by the recipe schema, so
+it stays free of torch (pydantic and the recipe's validators only).
 """
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-def check_patterns(value: str | list[str] | None) -> str | list[str] | None:
-    """Module path patterns: non-empty, and ``re:`` ones must compile."""
-    for pattern in [value] if isinstance(value, str) else (value or []):
-        if not pattern:
-            raise ValueError("empty name pattern")
-        if pattern.startswith("re:"):
-            try:
-                re.compile(pattern[3:])
-            except re.error as exc:
-                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
-    return value
+from ..recipe.validators import check_patterns
 
 
 class StepSettings(BaseModel):
@@ -119,6 +106,3 @@ class RangeSearchStep(StepSettings):
         0.2, gt=0, lt=1, title="Smallest ratio", description="Candidates run from min_ratio * max to max.")
 
 
-PtqStep = Annotated[
-    BiasCorrectionStep | CleStep | AdaRoundStep | BrecqStep | RangeSearchStep, Field(discriminator="step")]
-BUILTIN_STEPS = ("bias_correction", "cle", "adaround", "brecq", "range_search")

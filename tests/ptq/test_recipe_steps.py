@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import recipe_engine as re8
 from recipe_engine import ptq
 from recipe_engine.cli import main
+from recipe_engine.ptq.registry import unregister
 from recipe_engine.recipe.errors import RecipeError
 from recipe_engine.zoo import digits
 from tests.conftest import ROOT
@@ -30,7 +31,7 @@ def test_unknown_step_and_bad_settings_are_located_errors(write) -> None:
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 1
     lines = result.output
-    assert f"{path}:6:5: ptq[0]" in lines and "'adaroud'" in lines and "'adaround'" in lines
+    assert f"{path}:6:5: ptq[0]: unknown PTQ step 'adaroud'; did you mean 'adaround'?" in lines
     assert f"{path}:7:17: ptq[1].iteratons: unknown key" in lines and "did you mean 'iterations'?" in lines
     assert f"{path}:8:" in lines and "ptq[2].batches" in lines and "greater than or equal to 1" in lines
 
@@ -92,13 +93,19 @@ def test_steps_from_python_with_a_registered_extension() -> None:
             context.model.fc.bias.mul_(settings.factor)
         return {"scaled": 1}
 
-    recipe = re8.load_recipe(DIGITS, overrides=["export=[]"])
-    calib = digits.calibration_data(count=64)
-    model = re8.prepare(digits.build(pretrained=True), recipe, calib)
-    bias = model.fc.bias.detach().clone()
-    records = ptq.run(model, [{"step": "scale_fc", "factor": 3.0}], calib, digits.forward_batch)
-    assert records[0]["scaled"] == 1 and torch.allclose(model.fc.bias, 3 * bias)
-    assert "scale_fc" in ptq.registered()
+    try:
+        recipe = re8.load_recipe(DIGITS, overrides=["export=[]", "ptq=[{step: scale_fc, factor: 3.0}]"])
+        calib = digits.calibration_data(count=64)
+        model = re8.prepare(digits.build(pretrained=True), recipe, calib)
+        bias = model.fc.bias.detach().clone()
+        records = ptq.run(model, recipe, calib)  # the recipe accepts the registered step
+        assert records[0]["scaled"] == 1 and torch.allclose(model.fc.bias, 3 * bias)
+        records = ptq.run(model, [{"step": "scale_fc", "factor": 0.5}], calib, digits.forward_batch)
+        assert torch.allclose(model.fc.bias, 1.5 * bias)
+        assert "scale_fc" in ptq.registered()
+    finally:
+        unregister("scale_fc")
+    assert "scale_fc" not in ptq.registered()
 
 
 def test_the_ptq_package_and_the_schema_import_no_torch() -> None:
