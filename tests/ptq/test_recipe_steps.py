@@ -119,3 +119,13 @@ def test_lock_records_the_steps(write) -> None:
 
     lock = yaml.safe_load(lock_text(re8.load_recipe(_recipe(write, "{step: adaround}")).spec))
     assert lock["ptq"][0]["step"] == "adaround" and lock["ptq"][0]["iterations"] == 200
+
+
+def test_brecq_blocks_default_to_the_recipes_fused_block_types() -> None:
+    recipe = re8.load_recipe(DIGITS, overrides=["export=[]", "ptq=[{step: brecq, iterations: 5, batches: 1}]"])
+    calib = digits.calibration_data(count=64)
+    model = re8.prepare(digits.build(pretrained=True), recipe, calib)
+    record = ptq.run(model, recipe, calib)[0]
+    assert record["blocks"] == 2  # block1, block2 (digits:ResidualBlock in fuse[].block)
+    assert [u["unit"] for u in record["units"]] == ["stem.0", "block1", "block2", "fc"]
+    assert record["units"][2]["layers"] == ["block2.downsample.0", "block2.conv1", "block2.conv2"]
