@@ -41,7 +41,7 @@ def mean_error(ctx: PtqContext, layer: Layer, batches: list, reference_inputs: l
 def bias_correction(ctx: PtqContext, settings: BiasCorrectionStep) -> dict:
     batches = ctx.data(settings.batches)
     layers = ctx.layers(settings, "weight")
-    corrected, skipped, largest = [], [], 0.0
+    corrected, largest = [], 0.0
     with_bias = [layer for layer in layers if getattr(layer.module, "bias", None) is not None]
     skipped = [layer.name for layer in layers if layer not in with_bias]
     names = [layer.name for layer in with_bias]

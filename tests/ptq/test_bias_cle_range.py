@@ -36,9 +36,10 @@ def test_bias_correction_zeroes_the_mean_output_error_dense(which) -> None:
         assert float(after.abs().max()) < 1e-5 * scale, (name, after.abs().max(), scale)
 
 
-def test_bias_correction_sparse_over_active_voxels() -> None:
+@pytest.mark.parametrize("which", ["pytorch-quantization", "modelopt"])
+def test_bias_correction_sparse_over_active_voxels(which) -> None:
     calib = sparse_batches(3)
-    model = quantized(SparseNet(), recipe(3, types=("SubMConv3d",)), calib)
+    model = quantized(SparseNet(), recipe(3, which, types=("SubMConv3d",)), calib)
     reference = fp32_copy(model)
     ptq.run(model, [{"step": "bias_correction", "batches": 3}], calib)
     for name in ("net.0", "net.2", "net.4"):
