@@ -90,8 +90,13 @@ def export(model: nn.Module, recipe: LoadedRecipe | Recipe | str | os.PathLike |
 
 
 def run_exports(model: nn.Module, loaded: LoadedRecipe, out_dir: str | os.PathLike, calib_batches: Iterable,
-                forward: Callable[[nn.Module, Any], Any] | None) -> list[dict]:
-    """The export step of ``recipe run``; raises RecipeError (located at the entry) when a check fails."""
+                forward: Callable[[nn.Module, Any], Any] | None,
+                on_result: Callable[[dict], None] | None = None) -> list[dict]:
+    """The export step of ``recipe run``; raises RecipeError (located at the entry) when a check fails.
+
+    ``on_result`` is called with each entry's result as soon as it is done (``status: failed`` with the
+    ``error`` for the entry that fails, just before the error is raised).
+    """
     spec = loaded.spec
     if not spec.export:
         return []
@@ -113,9 +118,14 @@ def run_exports(model: nn.Module, loaded: LoadedRecipe, out_dir: str | os.PathLi
         try:
             result = kind.runner()(context, entry)
         except RecipeError as exc:
+            if on_result is not None:
+                on_result({**_base(entry), "status": "failed", "error": exc.headline,
+                           "seconds": round(time.perf_counter() - tick, 3)})
             raise loaded.error(("export", index), f"{entry.path}: {exc.headline}", hint=exc.hint) from None
         result["seconds"] = round(time.perf_counter() - tick, 3)
         results.append(result)
+        if on_result is not None:
+            on_result(result)
     return results
 
 

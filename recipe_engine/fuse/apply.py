@@ -183,7 +183,8 @@ def apply_fusions(model: nn.Module, recipe: Recipe, phase: str = "before_calibra
         name = entry_kind(fuse_entry)
         kind = FUSIONS.lookup(name)
         if kind is None:
-            raise RecipeError(f"fuse[{index}].use: {FUSIONS.unknown(name)}",
+            raise RecipeError(f"fuse[{index}].use: no fusion pattern named {name!r} "
+                              f"(registered fusion kinds: {', '.join(FUSIONS.names())})",
                               hint="register it with recipe_engine.fuse.register(name, fn) before loading")
         options: Any = dict(fuse_entry.options)
         if kind.options is not None:  # checked at load time when the kind was registered then; again here

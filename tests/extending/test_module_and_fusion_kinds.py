@@ -119,8 +119,8 @@ def test_unknown_options_and_kinds_are_located(registered, tmp_path) -> None:
     description = schema_dict()["$defs"]["FuseEntry"]["properties"]["with"]["description"]
     assert description.endswith("pattern: fuse_relu, allow_training; block: fuse_relu, allow_training; fold_scale: keep")
     fuse.unregister("fold_scale")
-    with pytest.raises(RecipeError, match=r"fuse\[0\]\.use: unknown fusion kind 'fold_scale' \(registered: "
-                                          r"pattern, block\)"):
+    with pytest.raises(RecipeError, match=r"fuse\[0\]\.use: no fusion pattern named 'fold_scale' \(registered "
+                                          r"fusion kinds: pattern, block\)"):
         apply(_model(), RECIPE, _batches())
     fuse.register("fold_scale", fold_scale, options=FoldScaleOptions)
 
