@@ -379,6 +379,16 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
     metrics["calibration_seconds"] = result.seconds
     metrics["calibration_batches"] = result.batches
     story.detail(f"{result.batches} batches, {spec.calibration.method}")
+    if spec.ptq:
+        from .ptq.runner import refresh_amax_summary
+        from .ptq.runner import run as run_ptq
+
+        stage("ptq")  # every rank runs the same steps on the same (unsharded) batches: identical weights
+        tick = time.perf_counter()
+        metrics["ptq"] = run_ptq(model, loaded, calib_batches, forward, show_progress=show_progress)
+        refresh_amax_summary(state, result.amax)  # range_search and cle choose new amax values
+        timings["ptq_seconds"] = time.perf_counter() - tick
+        story.detail(", ".join(step["step"] for step in metrics["ptq"]))
 
     def summarize() -> None:
         metrics["quantizers"] = state.enabled_count()

@@ -7,7 +7,9 @@ assembled from registries keyed by name (:mod:`recipe_engine.registry`):
   settings model (:mod:`recipe_engine.export.formats`; the built-ins' in
   :mod:`recipe_engine.export.settings`);
 - ``calibration.method`` and a quantizer's ``method`` accept the registered amax methods, and
-  ``calibration:`` has their settings' keys (:mod:`.sections.calibration`).
+  ``calibration:`` has their settings' keys (:mod:`.sections.calibration`);
+- ``ptq:`` is the discriminated union (on ``step``) of every registered PTQ step's settings model
+  (:mod:`recipe_engine.ptq.registry`; the built-ins' in :mod:`recipe_engine.ptq.settings`).
 
 When a registry changes, :func:`rebuild` rebuilds the models in place (the classes stay the same
 objects), so a format or method registered from Python is accepted by the next recipe loaded and
@@ -29,6 +31,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 from ..calib import methods
 from ..export import formats
 from ..export.settings import ExportBase, OnnxQdqExport, OnnxSparseExport, TensorRTExport
+from ..ptq import registry as ptq_steps
 from .imports import Import, recipe_imports
 from .paths import path_conflicts
 from .sections import Section, calibration
@@ -67,6 +70,17 @@ def export_entry() -> Any:
 
 
 ExportEntry = export_entry()
+
+
+def ptq_step() -> Any:
+    """The type of one ``ptq:`` entry: the registered steps' settings models, told apart by ``step``."""
+    models = tuple(s.settings for s in ptq_steps.STEPS.entries())
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[models], Field(discriminator="step")]  # noqa: UP007 (a runtime tuple of models)
+
+
+PtqStep = ptq_step()
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -111,6 +125,11 @@ class Recipe(Section):
     qat: QatSection | None = Field(None, title="QAT")
     tune: TuneSection | None = Field(None, title="Tuning")
     export: list[ExportEntry] = Field(default_factory=list, title="Exports")
+    ptq: list[PtqStep] = Field(
+        default_factory=list, title="PTQ steps",
+        description="Algorithms run in order after calibration (before evaluation, QAT and export): bias_correction, "
+        "cle, adaround, brecq, range_search, or a registered step (recipe_engine.ptq.register).",
+    )
     # where values read with secret() sit: recorded redacted (see recipe/secrets.py)
     _redactions: dict = PrivateAttr(default_factory=dict)
 
@@ -166,9 +185,11 @@ class Recipe(Section):
 
 def rebuild() -> None:
     """Re-assemble the registry-built parts and rebuild the models that hold them, in place."""
-    global ExportEntry
+    global ExportEntry, PtqStep
     ExportEntry = export_entry()
     Recipe.__pydantic_fields__["export"].annotation = list[ExportEntry]
+    PtqStep = ptq_step()
+    Recipe.__pydantic_fields__["ptq"].annotation = list[PtqStep]
     calibration.assemble()
     for model in (QuantizerSpec, QuantizeSpec, Rule, Recipe):  # containers of CalibrationMethod / the section
         model.model_rebuild(force=True)
@@ -176,3 +197,4 @@ def rebuild() -> None:
 
 formats.FORMATS.subscribe(rebuild)
 methods.METHODS.subscribe(rebuild)
+ptq_steps.STEPS.subscribe(rebuild)
