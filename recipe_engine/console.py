@@ -25,7 +25,7 @@ def figures(values: Any) -> str:
     """``top1 99.72, loss 0.1``: a metrics dict on one line."""
     if not isinstance(values, dict):
         return str(values)
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in values.items())
+    return ", ".join(f"{k} {fmt_number(v)}" for k, v in values.items())
 
 
 class NullStory:
@@ -119,11 +119,19 @@ def export_figures(result: dict) -> str:
 def _drop(fp32: Any, int8: Any) -> str:
     if not isinstance(fp32, (int, float)) or not isinstance(int8, (int, float)):
         return "-"
-    return f"{fp32 - int8:+.4g}"
+    return fmt_number(fp32 - int8, sign=True)
 
 
-def fmt_number(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
+def fmt_number(value: Any, sign: bool = False) -> str:
+    """Metrics as people read them: two decimals from 1 up (``72.00``, ``+0.03`` drops), 4 digits below."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return str(value)
+    plus = "+" if sign else ""
+    if isinstance(value, int):
+        return f"{value:{plus}d}"
+    if abs(value) >= 1 or sign:
+        return f"{value:{plus}.2f}"
+    return f"{value:.4g}"
 
 
 def summary_tables(metrics: dict) -> list[Any]:
