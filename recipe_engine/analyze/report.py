@@ -78,6 +78,11 @@ def write_report(model: nn.Module, loaded: LoadedRecipe, out: Path, metrics: dic
         for key in metrics["fp32"]:
             if key in metrics["int8"]:
                 lines.append(f"| int8 - fp32 {key} | {_fmt(metrics['int8'][key] - metrics['fp32'][key])} |")
+    if metrics.get("test") and metrics.get("validation"):  # the figures above are the test ones
+        lines.append("| reported split | data.test (tune and keep_best chose on data.validation) |")
+        for phase in ("fp32", "int8", "qat"):
+            for key, value in (metrics["validation"].get(phase) or {}).items():
+                lines.append(f"| validation {phase} {key} | {_fmt(value)} |")
     lines += ["", "## Per-quantizer fidelity", "",
               "SQNR in dB of each quantizer's output vs its input, on the first calibration batch "
               "(disabled quantizers are measured as if enabled).", "",
