@@ -139,11 +139,16 @@ def summary_tables(metrics: dict) -> list[Any]:
     from rich.table import Table
     from rich.text import Text
 
-    fp32, int8, qat = metrics.get("fp32") or {}, metrics.get("int8") or {}, metrics.get("qat") or {}
     tables = []
-    if fp32 or int8:
+    # with data.test: the reported (test) figures, then the validation ones that tune/keep_best chose on
+    splits = [("data.test (reported)", metrics["test"]), ("data.validation (selection)", metrics["validation"])] \
+        if metrics.get("test") and metrics.get("validation") else [(None, metrics)]
+    for title, phases in splits:
+        fp32, int8, qat = phases.get("fp32") or {}, phases.get("int8") or {}, phases.get("qat") or {}
+        if not (fp32 or int8):
+            continue
         columns = ["metric", "FP32", "INT8", "drop", *(["QAT", "QAT drop"] if qat else [])]
-        table = Table(*columns, box=None, pad_edge=False, title_justify="left")
+        table = Table(*columns, box=None, pad_edge=False, title=title, title_justify="left")
         for key in list(dict.fromkeys([*fp32, *int8])):
             row = [key, fmt_number(fp32.get(key, "-")), fmt_number(int8.get(key, "-")), _drop(fp32.get(key), int8.get(key))]
             if qat:

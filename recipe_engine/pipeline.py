@@ -3,7 +3,7 @@
 ``apply`` (fuse + quantize), ``calibrate`` (statistics + amax + disable), ``prepare`` (both),
 ``save_quantized``/``load_quantized`` and ``run_recipe`` (the whole ``recipe run``).
 
-Over the ~400-line guide (463): the public API steps and the run that strings them together
+Over the ~400-line guide (465): the public API steps and the run that strings them together
 live here together; save/load and plan are the next to move into modules of their own.
 """
 
@@ -359,12 +359,15 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
     metrics.update({"recipe": spec.recipe, "version": spec.version, "sha256": loaded.sha256})
     metrics["timings"] = timings
 
-    val_batches = None
+    splits = None
     if evaluate is not None:
+        from .evaluation import SplitEvaluation
+
         stage("evaluate_fp32")
-        val_batches = data_mod.make_data(loaded, "validation")
+        splits = SplitEvaluation(loaded, evaluate)  # selection on validation, figures on data.test if set
         tick = time.perf_counter()
-        metrics["fp32"] = data_mod.run_evaluate(evaluate, model, with_bar(val_batches, "FP32", show_progress))
+        splits.measure(model, metrics, "fp32",
+                       lambda b, split: with_bar(b, "FP32" if split == "validation" else "FP32 test", show_progress))
         timings["evaluate_fp32_seconds"] = time.perf_counter() - tick
         story.detail(figures(metrics["fp32"]))
 
@@ -408,7 +411,8 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
     if evaluate is not None:
         stage("evaluate_int8")
         tick = time.perf_counter()
-        metrics["int8"] = data_mod.run_evaluate(evaluate, model, with_bar(val_batches, "INT8", show_progress))
+        splits.measure(model, metrics, "int8",
+                       lambda b, split: with_bar(b, "INT8" if split == "validation" else "INT8 test", show_progress))
         timings["evaluate_int8_seconds"] = time.perf_counter() - tick
         story.detail(figures(metrics["int8"]))
 
@@ -417,9 +421,9 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
 
         stage("tune")
         tick = time.perf_counter()
-        metrics["tune"] = run_tune(model, loaded, out, calib_batches, val_batches, forward, evaluate,
-                                   metrics.get("fp32"))
-        metrics["int8"] = data_mod.run_evaluate(evaluate, model, val_batches)
+        metrics["tune"] = run_tune(model, loaded, out, calib_batches, splits.validation if splits else None, forward,
+                                   evaluate, (metrics.get("validation") or metrics).get("fp32"))
+        splits.measure(model, metrics, "int8")
         timings["tune_seconds"] = time.perf_counter() - tick
         state.disabled = sorted(set(state.disabled) | set(metrics["tune"]["disabled_quantizers"]))
         story.detail(f"disabled {len(metrics['tune']['disabled_quantizers'])}, INT8 {figures(metrics['int8'])}")
@@ -428,8 +432,13 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
         from .train.qat import run_qat
 
         stage("qat")
-        qat_metrics = run_qat(model, loaded, out, forward=forward, evaluate=evaluate, val_batches=val_batches,
+        qat_metrics = run_qat(model, loaded, out, forward=forward, evaluate=evaluate,
+                              val_batches=splits.validation if splits else None,
+                              test_batches=splits.test if splits else None,
                               resume=resume, show_progress=show_progress)
+        if splits is not None and "qat" in qat_metrics:  # keep_best chose on validation; report test
+            splits.record(metrics, "qat", qat_metrics.pop("qat_validation", qat_metrics["qat"]),
+                          qat_metrics["qat"] if splits.test is not None else None)
         metrics.update(qat_metrics)
         story.detail(f"{metrics.get('qat_steps')} steps")
         if isinstance(metrics.get("qat_loss"), dict):

@@ -57,14 +57,19 @@ class ReportData:
 
     def metric_rows(self) -> tuple[list[str], list[list[str]]]:
         """``metric | FP32 | INT8 | drop [| QAT | QAT drop]`` (drop = FP32 - INT8)."""
-        fp32, int8, qat = (self.metrics.get(k) or {} for k in ("fp32", "int8", "qat"))
+        qat = self.metrics.get("qat") or {}
         header = ["metric", "FP32", "INT8", "drop", *(["QAT", "QAT drop"] if qat else [])]
+        splits = [("", self.metrics)]
+        if self.metrics.get("test") and self.metrics.get("validation"):  # reported on test, selected on validation
+            splits = [(" (test)", self.metrics["test"]), (" (validation, selection)", self.metrics["validation"])]
         rows = []
-        for key in dict.fromkeys([*fp32, *int8]):
-            row = [key, fmt(fp32.get(key)), fmt(int8.get(key)), _drop(fp32.get(key), int8.get(key))]
-            if qat:
-                row += [fmt(qat.get(key)), _drop(fp32.get(key), qat.get(key))]
-            rows.append(row)
+        for suffix, phases in splits:
+            fp32, int8, qat = (phases.get(k) or {} for k in ("fp32", "int8", "qat"))
+            for key in dict.fromkeys([*fp32, *int8]):
+                row = [key + suffix, fmt(fp32.get(key)), fmt(int8.get(key)), _drop(fp32.get(key), int8.get(key))]
+                if header[-1] == "QAT drop":
+                    row += [fmt(qat.get(key)), _drop(fp32.get(key), qat.get(key))]
+                rows.append(row)
         return header, rows
 
     def summary_rows(self) -> list[tuple[str, str]]:

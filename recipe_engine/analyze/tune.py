@@ -61,8 +61,8 @@ def run_tune(model: nn.Module, loaded: LoadedRecipe, out: Path, calib: Any, val:
 
     if is_main():  # under torchrun every rank tunes identically; rank 0 alone writes
         atomic_write_text(out / "recipe.tuned.lock.yaml", lock_text(spec, [str(loaded.path)]))
-    return {
-        "metric": tune.metric, "fp32": fp32, "final": final, "drop": fp32 - final if tune.higher_is_better
+    return {  # figures on the selection split (validation); the run reports data.test beside them
+        "metric": tune.metric, "selected_on": "validation", "fp32": fp32, "final": final, "drop": fp32 - final if tune.higher_is_better
         else final - fp32, "allowed_drop": allowed, "success": success, "evaluations": scorer.calls,
         "disabled_groups": disabled, "disabled_quantizers": names,
         "steps": [{"disabled": s.disabled, "metric": sign * s.metric} for s in steps],

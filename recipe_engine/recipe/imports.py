@@ -53,7 +53,7 @@ def recipe_imports(spec: Recipe) -> list[Import]:
     if spec.model:
         found.append(Import(("model", "factory"), spec.model.factory, True))
     if spec.data:
-        for section in ("calibration", "validation", "train"):
+        for section in ("calibration", "validation", "test", "train"):
             ref = getattr(spec.data, section)
             if ref is not None:
                 found.append(Import(("data", section, "factory"), ref.factory, True))

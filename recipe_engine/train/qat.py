@@ -72,7 +72,8 @@ class QatRun:
     def __init__(self, model: nn.Module, loaded: LoadedRecipe, out: str | Path, *,
                  forward: Callable[[nn.Module, Any], Any] | None = None, evaluate: Callable | None = None,
                  val_batches: Any = None, train_batches: Iterable | None = None, resume: bool | None = None,
-                 on_step: Callable[[int], None] | None = None, show_progress: bool = True) -> None:
+                 on_step: Callable[[int], None] | None = None, show_progress: bool = True,
+                 test_batches: Any = None) -> None:
         if loaded.spec.qat is None:
             raise RecipeError("the recipe has no `qat:` section")
         self.spec: QatSection = loaded.spec.qat
@@ -84,6 +85,10 @@ class QatRun:
         if evaluate is not None and val_batches is None:
             val_batches = data_mod.make_data(loaded, "validation")
         self.val_batches = val_batches
+        if evaluate is not None and test_batches is None and loaded.spec.data is not None \
+                and loaded.spec.data.test is not None:
+            test_batches = data_mod.make_data(loaded, "test")
+        self.test_batches = test_batches  # the reported figure; keep_best chooses on val_batches
         self.on_step = on_step
         self.show_progress = show_progress
         self.main = dist.is_main()
@@ -320,6 +325,9 @@ class QatRun:
             best = ckpt.load(self.out / ckpt.BEST_FILE)
             self.model.load_state_dict(best["model"])
             result["qat"] = self.best["metrics"]
+        if "qat" in result and self.test_batches is not None:  # report on the split nothing was chosen on
+            result["qat_validation"] = result["qat"]
+            result["qat"] = data_mod.run_evaluate(self.evaluate, self.model, self.test_batches)
         if self.spec.keep_best:
             dist.broadcast_module(self.model)
             result["qat_best"] = self.best
@@ -337,13 +345,18 @@ class QatRun:
 def run_qat(model: nn.Module, loaded: LoadedRecipe, out: str | Path, *,
             forward: Callable[[nn.Module, Any], Any] | None = None, evaluate: Callable | None = None,
             val_batches: Any = None, train_batches: Iterable | None = None, resume: bool | None = None,
-            on_step: Callable[[int], None] | None = None, show_progress: bool = True) -> dict[str, Any]:
+            on_step: Callable[[int], None] | None = None, show_progress: bool = True,
+            test_batches: Any = None) -> dict[str, Any]:
     """Fine-tune ``model`` (calibrated, in place) as the recipe's ``qat:`` section says.
 
+    ``eval_every``/``keep_best`` evaluate on ``val_batches`` (default: ``data.validation``). With
+    ``test_batches`` (default: ``data.test`` when the recipe has it) ``"qat"`` is measured on them
+    after the best model is restored and the validation figures move to ``"qat_validation"``.
     Returns ``{"qat": evaluate metrics after fine-tuning, "qat_seconds": ..., "qat_steps": ...,
     "qat_loss": {"first", "last"}, ...}``. ``resume``: None resumes from a checkpoint of the same
     recipe in ``out`` if there is one, True requires one, False starts afresh. ``on_step(step)`` is
     called after every step (and after that step's checkpoint).
     """
     return QatRun(model, loaded, out, forward=forward, evaluate=evaluate, val_batches=val_batches,
-                  train_batches=train_batches, resume=resume, on_step=on_step, show_progress=show_progress).run()
+                  train_batches=train_batches, resume=resume, on_step=on_step, show_progress=show_progress,
+                  test_batches=test_batches).run()

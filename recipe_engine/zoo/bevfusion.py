@@ -37,7 +37,7 @@ from .sparse_encoder import SparseBasicBlock, SparseEncoder
 
 __all__ = [
     "BEVFusionLite", "Bottleneck", "ConvFuser", "SparseBasicBlock", "build", "calibration_data", "evaluate",
-    "forward_batch", "loss", "make_batch", "train_data", "val_data",
+    "forward_batch", "loss", "make_batch", "test_data", "train_data", "val_data",
 ]
 
 NAME = "bevfusion"
@@ -137,6 +137,7 @@ _SPLITS = SceneSplits(make_batch, VAL_SCENES, VAL_BATCH)
 train_data = _SPLITS.train_data
 calibration_data = _SPLITS.calibration_data
 val_data = _SPLITS.val_data
+test_data = _SPLITS.test_data
 
 
 #: Training recipe used by ``python -m recipe_engine.zoo.train bevfusion``.

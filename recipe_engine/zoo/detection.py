@@ -131,7 +131,7 @@ def evaluate_detector(model: nn.Module, loader: Sequence[Batch],
 
 
 class SceneSplits:
-    """The train / calibration / validation data factories of one detector, over synthetic scenes.
+    """The train / calibration / validation / test data factories of one detector, over synthetic scenes.
 
     ``make_batch(seeds)`` builds one batch; the splits use disjoint seed ranges. The bound methods are
     what recipes name (``recipe_engine.zoo.centerpoint:calibration_data``).
@@ -157,3 +157,9 @@ class SceneSplits:
                  cache: bool = True) -> LazyBatches:
         """The held-out validation split (defaults reproduce the recorded metric)."""
         return self._data("val", count or self.val_scenes, batch_size or self.val_batch, seed, cache)
+
+    def test_data(self, count: int | None = None, batch_size: int | None = None, seed: int = 0,
+                  cache: bool = True) -> LazyBatches:
+        """The held-out test split (its own seed range, as large as validation by default): the split a
+        run reports on when ``tune:`` or ``keep_best`` selected on validation."""
+        return self._data("test", count or self.val_scenes, batch_size or self.val_batch, seed, cache)

@@ -33,6 +33,26 @@ MIN_CENTER_DISTANCE = 2.3
 
 
 @dataclass(frozen=True)
+class SceneLayout:
+    """Where and how many objects a scene holds. The default is the 51.2 m CenterPoint scene;
+    :mod:`.pillar_data` uses a larger one (far objects). ``count_scale`` multiplies every count range."""
+
+    place_radius: tuple[float, float] = PLACE_RADIUS
+    half_extent: float = PLACE_HALF_EXTENT
+    far_min_radius: float = 18.0  # walls are placed in [far_min_radius, place_radius[1]]
+    count_scale: float = 1.0
+
+    def counts(self, lo: int, hi: int) -> tuple[int, int]:
+        """A count range scaled by ``count_scale`` (unchanged at 1.0)."""
+        if self.count_scale == 1.0:
+            return lo, hi
+        return int(round(lo * self.count_scale)), int(round(hi * self.count_scale))
+
+
+DEFAULT_LAYOUT = SceneLayout()
+
+
+@dataclass(frozen=True)
 class Scene:
     """One synthetic scene; all arrays have one row per object.
 
@@ -70,13 +90,13 @@ _CLUTTER_SPECS = (
 
 
 def _sample_xy(rng: np.random.Generator, placed: list[tuple[float, float, float]], radius: float,
-               far: bool = False) -> tuple[float, float] | None:
-    lo, hi = (18.0, PLACE_RADIUS[1]) if far else PLACE_RADIUS
+               far: bool = False, layout: SceneLayout = DEFAULT_LAYOUT) -> tuple[float, float] | None:
+    lo, hi = (layout.far_min_radius, layout.place_radius[1]) if far else layout.place_radius
     for _ in range(30):
         r = rng.uniform(lo, hi)
         a = rng.uniform(-np.pi, np.pi)
         x, y = r * np.cos(a), r * np.sin(a)
-        if max(abs(x), abs(y)) > PLACE_HALF_EXTENT - radius * 0.5:
+        if max(abs(x), abs(y)) > layout.half_extent - radius * 0.5:
             continue
         if all(np.hypot(x - px, y - py) >= max(MIN_CENTER_DISTANCE, radius + pr + 0.2)
                for px, py, pr in placed):
@@ -84,8 +104,8 @@ def _sample_xy(rng: np.random.Generator, placed: list[tuple[float, float, float]
     return None
 
 
-def make_scene(seed: int) -> Scene:
-    """Build the scene for ``seed`` (deterministic: same seed, same scene)."""
+def make_scene(seed: int, layout: SceneLayout = DEFAULT_LAYOUT) -> Scene:
+    """Build the scene for ``seed`` (deterministic: same seed and layout, same scene)."""
     rng = np.random.default_rng(seed)
     ground = (GROUND_Z + rng.uniform(-0.1, 0.1), rng.uniform(-0.01, 0.01), rng.uniform(-0.01, 0.01))
     rows: list[list[float]] = []
@@ -101,7 +121,7 @@ def make_scene(seed: int) -> Scene:
         width = length if wr is None else rng.uniform(*wr)
         height = rng.uniform(*hr)
         radius = 0.5 * np.hypot(length, width)
-        xy = _sample_xy(rng, placed, radius, far=far)
+        xy = _sample_xy(rng, placed, radius, far=far, layout=layout)
         if xy is None:
             return
         x, y = xy
@@ -118,10 +138,12 @@ def make_scene(seed: int) -> Scene:
         colors.append(rng.uniform(0.05, 0.95, size=3))
 
     for cat, shp, lr, wr, hr, cnt in _TARGET_SPECS:
-        for _ in range(rng.integers(cnt[0], cnt[1] + 1)):
+        lo, hi = layout.counts(*cnt)
+        for _ in range(rng.integers(lo, hi + 1)):
             add(cat, shp, lr, wr, hr)
     for i, (shp, lr, wr, hr, cnt) in enumerate(_CLUTTER_SPECS):
-        for _ in range(rng.integers(cnt[0], cnt[1] + 1)):
+        lo, hi = layout.counts(*cnt)
+        for _ in range(rng.integers(lo, hi + 1)):
             add(CLUTTER, shp, lr, wr, hr, far=(i == 3))
     k = len(rows)
     return Scene(

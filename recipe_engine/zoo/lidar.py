@@ -30,7 +30,7 @@ NUM_AZIMUTHS = 1024
 MIN_POINTS_PER_TARGET = 5  # objects with fewer lidar points inside the grid are not labelled
 
 #: Disjoint scene-seed ranges per split (tested to never overlap).
-SPLIT_BASES: dict[str, int] = {"train": 0, "calib": 1_000_000, "val": 2_000_000}
+SPLIT_BASES: dict[str, int] = {"train": 0, "calib": 1_000_000, "val": 2_000_000, "test": 3_000_000}
 SPLIT_SIZE = 1_000_000
 
 _ELEV = np.deg2rad(BEAM_ELEVATIONS_DEG)
@@ -66,11 +66,15 @@ def split_seeds(split: str, count: int, seed: int = 0) -> list[int]:
     return [SPLIT_BASES[split] + int(o) for o in offsets]
 
 
-def scan(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
-    """Simulate one lidar sweep; returns points float32 [P, 4] and the hit id of each point."""
+def scan(scene: Scene, max_range: float = 60.0,
+         bounds: tuple[float, ...] = PC_RANGE) -> tuple[np.ndarray, np.ndarray]:
+    """Simulate one lidar sweep; returns points float32 [P, 4] and the hit id of each point.
+
+    Returns beyond ``max_range`` (m) are lost; clutter returns are scattered uniformly in ``bounds``.
+    """
     rng = np.random.default_rng([scene.seed, 1])
     t, hit_id, normal = raycast(scene, np.zeros(3), _RAYS)
-    keep = np.isfinite(t) & (t < 60.0) & (rng.random(len(t)) > 0.03)  # 3 % dropped returns
+    keep = np.isfinite(t) & (t < max_range) & (rng.random(len(t)) > 0.03)  # 3 % dropped returns
     t, hit_id, normal, dirs = t[keep], hit_id[keep], normal[keep], _RAY_DIRS[keep]
     t_noisy = t * (1.0 + rng.normal(0.0, 0.002, len(t))) + rng.normal(0.0, 0.015, len(t))
     xyz = dirs * t_noisy[:, None]
@@ -79,7 +83,7 @@ def scan(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     intensity = np.clip(refl * (0.4 + 0.6 * cos_inc) * rng.normal(1.0, 0.1, len(t)), 0.0, 1.0)
     # clutter: uniformly scattered spurious returns
     n_clutter = int(rng.integers(100, 300))
-    lo, hi = np.array(PC_RANGE[:3]), np.array(PC_RANGE[3:])
+    lo, hi = np.array(bounds[:3]), np.array(bounds[3:])
     clutter = rng.uniform(lo, hi, size=(n_clutter, 3))
     points = np.concatenate([
         np.concatenate([xyz, intensity[:, None]], axis=1),
@@ -114,13 +118,16 @@ def voxelize(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return feats.astype(np.float32), coords.astype(np.int32)
 
 
-def scene_labels(scene: Scene, hit_ids: np.ndarray, points: np.ndarray) -> dict[str, np.ndarray]:
+def scene_labels(scene: Scene, hit_ids: np.ndarray, points: np.ndarray,
+                 inside: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """BEV labels of the target objects seen by at least :data:`MIN_POINTS_PER_TARGET` points.
 
-    Keys: ``cls`` int64 [M], ``center`` float32 [M, 2] (x, y), ``size`` float32 [M, 2] (l, w),
-    ``yaw`` float32 [M], ``num_points`` int64 [M].
+    Points count when ``inside`` (bool [P]; default: inside :data:`PC_RANGE`). Keys: ``cls`` int64
+    [M], ``center`` float32 [M, 2] (x, y), ``size`` float32 [M, 2] (l, w), ``yaw`` float32 [M],
+    ``num_points`` int64 [M].
     """
-    counts = np.bincount(hit_ids[(hit_ids >= 0) & in_grid(points)], minlength=len(scene.boxes))
+    inside = in_grid(points) if inside is None else inside
+    counts = np.bincount(hit_ids[(hit_ids >= 0) & inside], minlength=len(scene.boxes))
     keep = np.nonzero((scene.category >= 0) & (counts >= MIN_POINTS_PER_TARGET))[0]
     b = scene.boxes[keep]
     return {

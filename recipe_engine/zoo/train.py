@@ -2,7 +2,7 @@
 
     python -m recipe_engine.zoo.train NAME [--steps N] [--out PATH] [--threads T]
 
-NAME is ``centerpoint``, ``bevfusion`` or ``digits``. Hyper-parameters live in each model
+NAME is ``centerpoint``, ``bevfusion``, ``digits`` or ``pointpillars``. Hyper-parameters live in each model
 module's ``TRAIN`` dict. The checkpoint (state_dict + metadata with the FP32 validation
 metric and the command) is written atomically to ``recipe_engine/zoo/checkpoints/NAME.pt``.
 """
@@ -24,7 +24,7 @@ import torch
 
 from .checkpoint import checkpoint_path, save_checkpoint
 
-MODELS = ("centerpoint", "bevfusion", "digits")
+MODELS = ("centerpoint", "bevfusion", "digits", "pointpillars")
 
 
 def model_module(name: str) -> ModuleType:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recipe_engine.zoo import bevfusion, centerpoint, digits
+from recipe_engine.zoo import bevfusion, centerpoint, digits, pointpillars
 from recipe_engine.zoo.checkpoint import checkpoint_path, load_checkpoint
 
 #: Allowed |reproduced - recorded| in metric points (0-100 scale).
 TOLERANCE = 1e-3
-MODULES = {"centerpoint": centerpoint, "bevfusion": bevfusion, "digits": digits}
-TARGETS = {"centerpoint": 40.0, "bevfusion": 40.0, "digits": 95.0}
+MODULES = {"centerpoint": centerpoint, "bevfusion": bevfusion, "digits": digits, "pointpillars": pointpillars}
+TARGETS = {"centerpoint": 40.0, "bevfusion": 40.0, "digits": 95.0, "pointpillars": 45.0}
 
 
 @pytest.mark.parametrize("name", list(MODULES))

@@ -43,7 +43,7 @@ def test_split_seeds_disjoint_and_reproducible() -> None:
     bases = sorted(lidar.SPLIT_BASES.values())
     assert all(b - a >= lidar.SPLIT_SIZE for a, b in zip(bases, bases[1:], strict=False))
     with pytest.raises(ValueError):
-        lidar.split_seeds("test", 4)
+        lidar.split_seeds("holdout", 4)
 
 
 @pytest.mark.parametrize("seed", [0, 1_000_001, 2_000_002])

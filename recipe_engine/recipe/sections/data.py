@@ -40,6 +40,13 @@ class DataSection(Section):
     validation: FactoryRef | None = Field(
         None, title="Validation data", description="Batches for `evaluate` (default: calibration data)."
     )
+    test: FactoryRef | None = Field(
+        None,
+        title="Test data",
+        description="Held-out batches for the reported metric: with data.test, `tune:` and QAT `keep_best` "
+        "select on the validation data and the FP32/INT8/QAT figures are measured on both (metrics.json "
+        "`validation` and `test`); keep it disjoint from the other splits.",
+    )
     train: FactoryRef | None = Field(None, title="Training data", description="Batches for QAT.")
     forward: str | None = Field(
         None,
