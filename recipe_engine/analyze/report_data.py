@@ -77,7 +77,9 @@ class ReportData:
         return [("status", str(m.get("status", "ok"))), ("recipe sha256", str(m.get("sha256", ""))),
                 ("quantizers enabled", fmt(m.get("quantizers"))), ("quantizers disabled", fmt(m.get("disabled"))),
                 ("share groups", fmt(m.get("shared_groups", 0))), ("fusions", fmt(m.get("fused", 0))),
-                ("calibration", self.calibration)]
+                ("calibration", self.calibration),
+                *([("reported split", "data.test (tune and keep_best chose on data.validation)")]
+                  if m.get("reported_split") == "test" else [])]
 
     def worst_layers(self, count: int = WORST_LAYERS_LISTED) -> list[dict]:
         def key(item: dict) -> float:

@@ -51,7 +51,7 @@ def test_tune_selects_on_validation_and_reports_test(tmp_path) -> None:
     assert table["final"] == pytest.approx(metrics["validation"]["int8"]["neg_mse"])  # what it chose on
     assert metrics["int8"]["neg_mse"] != pytest.approx(table["final"])                # is not what it reports
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "| reported split | data.test" in report and "| validation int8 neg_mse |" in report
+    assert "| reported split | data.test" in report and "| neg_mse (validation, selection) |" in report
 
 
 def test_keep_best_selects_on_validation_and_reports_test(tmp_path) -> None:
