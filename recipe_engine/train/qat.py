@@ -325,9 +325,6 @@ class QatRun:
             best = ckpt.load(self.out / ckpt.BEST_FILE)
             self.model.load_state_dict(best["model"])
             result["qat"] = self.best["metrics"]
-        if "qat" in result and self.test_batches is not None:  # report on the split nothing was chosen on
-            result["qat_validation"] = result["qat"]
-            result["qat"] = data_mod.run_evaluate(self.evaluate, self.model, self.test_batches)
         if self.spec.keep_best:
             dist.broadcast_module(self.model)
             result["qat_best"] = self.best
@@ -339,6 +336,9 @@ class QatRun:
             result["qat_loss"] = {"first": losses[0], "last": losses[-1]}
         if self.resumed_from is not None:
             result["qat_resumed_from_step"] = self.resumed_from
+        if "qat" in result and self.test_batches is not None:  # report on the split nothing was chosen on
+            result["qat_validation"] = result["qat"]
+            result["qat"] = data_mod.run_evaluate(self.evaluate, self.model, self.test_batches)
         return result
 
 
