@@ -12,6 +12,7 @@ from ..quant import backend
 from ..quant.apply import QuantState
 from ..recipe.errors import RecipeError
 from ..util.progress import progress
+from .histogram import worker
 
 
 def collect_statistics(
@@ -46,6 +47,7 @@ def collect_statistics(
                     )
                     raise RecipeError(f"calibration batch {count} failed: {exc}", hint=hint) from exc
                 count += 1
+            worker().wait()  # histograms still being binned in the background (calib/histogram.py)
     finally:
         for quantizer in quantizers:
             backend.stop_calibration(quantizer)
