@@ -170,6 +170,14 @@ class Worker:
 _WORKER = Worker()
 
 
+def _reset_after_fork() -> None:  # a forked child (a DataLoader worker) has no worker thread and no pending work
+    global _WORKER
+    _WORKER = Worker()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def worker() -> Worker:
     return _WORKER
 

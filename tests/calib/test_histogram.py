@@ -84,3 +84,47 @@ def test_worker_error_surfaces_on_wait() -> None:
         work.wait()
     work.submit(lambda: None, 10)
     work.wait()  # the error was reported once
+
+
+@pytest.mark.parametrize("asynchronous", ["1", "0"])
+def test_recipe_amax_identical_to_upstream_collection(monkeypatch, asynchronous: str) -> None:
+    """Every quantizer of the digits recipe: the same amax as with pytorch-quantization's own collect()."""
+    from recipe_engine import data as data_mod
+    from recipe_engine.pipeline import prepare
+    from recipe_engine.quant import backend
+    from recipe_engine.quant.apply import get_state
+    from recipe_engine.recipe.loader import load_recipe
+    from tests.conftest import RECIPES
+
+    monkeypatch.setenv("RECIPE_CALIB_ASYNC", asynchronous)
+    loaded = load_recipe(RECIPES / "digits_int8.yaml", overrides=["calibration.batches=3", "export=[]"])
+    batches = data_mod.make_data(loaded, "calibration")
+
+    def amax(collect) -> dict[str, torch.Tensor]:
+        monkeypatch.setattr(FastHistogramCalibrator, "collect", collect)
+        model = prepare(data_mod.build_model(loaded), loaded, batches, data_mod.forward_fn(loaded))
+        return {names[0]: backend.get_amax(q) for names, q in get_state(model).unique()}
+
+    ours, theirs = amax(FastHistogramCalibrator.collect), amax(HistogramCalibrator.collect)
+    assert len(ours) == 16 and ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_forked_child_does_not_inherit_pending_work() -> None:
+    """A DataLoader worker forked during calibration must not wait on the parent's background thread."""
+    import os
+
+    release = __import__("threading").Event()
+    histogram.worker().submit(release.wait, 10)  # the parent's worker is busy when the child is forked
+    pid = os.fork()
+    if pid == 0:  # child: a fresh worker, nothing pending (SIGALRM ends a child that would wait forever)
+        __import__("signal").alarm(10)
+        try:
+            histogram.worker().wait()
+            os._exit(0)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+    release.set()
+    _, status = os.waitpid(pid, 0)
+    histogram.worker().wait()
+    assert os.waitstatus_to_exitcode(status) == 0
