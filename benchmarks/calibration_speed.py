@@ -64,11 +64,15 @@ def main() -> None:
             for batch in batches:
                 forward(fp32, batch)
 
+    calibrators = [getattr(q, "_calibrator", None) for _, q in state.unique()]
+    bins = {id(c): c._num_bins for c in calibrators if isinstance(c, HistogramCalibrator)}
+
     def collect(mode: str) -> None:
-        for _, quantizer in state.unique():  # fresh statistics
-            calibrator = getattr(quantizer, "_calibrator", None)
+        for calibrator in calibrators:  # fresh statistics; reset() keeps a grown bin count (as upstream's)
             if calibrator is not None:
                 calibrator.reset()
+                if id(calibrator) in bins:
+                    calibrator._num_bins = bins[id(calibrator)]
         FastHistogramCalibrator.collect = {"upstream": HistogramCalibrator.collect,
                                            "off": lambda self, x: None}.get(mode, ours)
         os.environ["RECIPE_CALIB_ASYNC"] = "0" if mode == "inline" else "1"
