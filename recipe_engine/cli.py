@@ -241,6 +241,46 @@ def run(ctx: click.Context, recipe_file: str, overrides: tuple[str, ...], out_di
         print_summary(metrics, target)
 
 
+@main.command(name="init")
+@click.argument("start_file", required=False, metavar="[START.yaml]")
+@click.option("--model", "model_factory", metavar="MODULE:CALLABLE", help="Model factory (model.factory).")
+@click.option("--model-kwargs", metavar="JSON", help="Its keyword arguments, a JSON object.")
+@click.option("--data", "data_factory", metavar="MODULE:CALLABLE", help="Calibration data (data.calibration).")
+@click.option("--data-kwargs", metavar="JSON", help="Its keyword arguments, a JSON object.")
+@click.option("--validation", metavar="MODULE:CALLABLE", help="Validation data (data.validation).")
+@click.option("--forward", metavar="MODULE:CALLABLE", help="(model, batch) -> output (data.forward).")
+@click.option("--evaluate", metavar="MODULE:CALLABLE", help="(model, batches) -> {metric: value} (data.evaluate).")
+@click.option("--name", help="Recipe name (default: <model module>-int8-draft).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("recipe.draft.yaml"),
+              show_default=True, help="Where to write the draft.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@click.option("--explain", is_flag=True, help="Print why each entry is there.")
+def init_command(start_file: str | None, model_factory: str | None, model_kwargs: str | None,
+                 data_factory: str | None, data_kwargs: str | None, validation: str | None, forward: str | None,
+                 evaluate: str | None, name: str | None, output: Path, force: bool, explain: bool) -> None:
+    """Draft a commented starter recipe: trace one batch, find fusions, op sites, share groups, exports.
+
+    Give the model and data as options, or START.yaml with a recipe's `model:` and `data:` keys.
+    The draft passes `recipe plan`; entries it could not keep are written as comments with the reason.
+    """
+    from .draft import draft_recipe, start_from_file, start_from_options
+
+    options = [o for o in (model_factory, model_kwargs, data_factory, data_kwargs, validation, forward, evaluate) if o]
+    if start_file and options:
+        raise click.UsageError("give START.yaml or --model/--data options, not both")
+    if not start_file and not (model_factory and data_factory):
+        raise click.UsageError("give --model and --data (or START.yaml with model: and data:)")
+    if output.exists() and not force:
+        raise RecipeError(f"{output} exists", hint="choose another --output or pass --force to replace it")
+    start = start_from_file(start_file) if start_file else start_from_options(
+        model_factory, data_factory, model_kwargs=model_kwargs, data_kwargs=data_kwargs, validation=validation,
+        forward=forward, evaluate=evaluate, name=name)
+    result = draft_recipe(start, output, name=name)
+    if explain:
+        click.echo("\n".join(result.explain()))
+    click.echo(result.summary())
+
+
 @main.command()
 @click.argument("model_file", metavar="MODEL.pt", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

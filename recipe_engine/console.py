@@ -17,7 +17,7 @@ import click
 STAGE_LABELS = {
     "model": "build model", "data": "load data", "export_check": "export check", "evaluate_fp32": "FP32 evaluation", "apply": "apply",
     "calibration": "calibration", "evaluate_int8": "INT8 evaluation", "tune": "tune", "qat": "QAT",
-    "save": "save", "export": "export", "report": "report",
+    "save": "save", "export": "export", "report": "report", "layer_sqnr": "layer SQNR",
 }
 
 
@@ -25,7 +25,7 @@ def figures(values: Any) -> str:
     """``top1 99.72, loss 0.1``: a metrics dict on one line."""
     if not isinstance(values, dict):
         return str(values)
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in values.items())
+    return ", ".join(f"{k} {fmt_number(v)}" for k, v in values.items())
 
 
 class NullStory:
@@ -33,9 +33,10 @@ class NullStory:
 
     def begin(self, stage: str) -> None: ...
     def detail(self, text: str) -> None: ...
-    def exports(self, results: list[dict]) -> None: ...
+    def export(self, result: dict) -> None: ...
     def end(self) -> None: ...
     def failed(self, exc: BaseException) -> None: ...
+    def failure_summary(self, metrics: dict, record: Path) -> None: ...
 
 
 class Story:
@@ -73,10 +74,11 @@ class Story:
         self._say(f"{label:<16} {seconds:7.2f} s{extra}")
         self.stage = None
 
-    def exports(self, results: list[dict]) -> None:
-        """One line per export entry, as the export stage ends."""
-        for result in results:
-            self._say(f"  {result['path']} {export_status(result)}  {export_figures(result)}".rstrip())
+    def export(self, result: dict) -> None:
+        """One line for an export entry as soon as it is done: status, verification figures, seconds."""
+        seconds = f"{result['seconds']:.2f} s" if isinstance(result.get("seconds"), (int, float)) else ""
+        parts = [f"  {result['path']} {export_status(result)}", export_figures(result), seconds]
+        self._say("  ".join(p for p in parts if p))
 
     def failed(self, exc: BaseException) -> None:
         """The current stage's line, marked FAILED (the error itself is printed by the command)."""
@@ -86,6 +88,15 @@ class Story:
         label = STAGE_LABELS.get(self.stage, self.stage)
         self._say(f"{label:<16} {seconds:7.2f} s  FAILED")
         self.stage = None
+
+
+    def failure_summary(self, metrics: dict, record: Path) -> None:
+        """The summary table of a failed run (what was measured before it failed) on stderr."""
+        from .train.distributed import is_main
+
+        if self.quiet or not is_main():
+            return
+        print_summary(metrics, record, err=True, failed=True)
 
 
 def export_status(result: dict) -> str:
@@ -108,11 +119,19 @@ def export_figures(result: dict) -> str:
 def _drop(fp32: Any, int8: Any) -> str:
     if not isinstance(fp32, (int, float)) or not isinstance(int8, (int, float)):
         return "-"
-    return f"{fp32 - int8:+.4g}"
+    return fmt_number(fp32 - int8, sign=True)
 
 
-def fmt_number(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
+def fmt_number(value: Any, sign: bool = False) -> str:
+    """Metrics as people read them: two decimals from 1 up (``72.00``, ``+0.03`` drops), 4 digits below."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return str(value)
+    plus = "+" if sign else ""
+    if isinstance(value, int):
+        return f"{value:{plus}d}"
+    if abs(value) >= 1 or sign:
+        return f"{value:{plus}.2f}"
+    return f"{value:.4g}"
 
 
 def summary_tables(metrics: dict) -> list[Any]:
@@ -141,12 +160,19 @@ def summary_tables(metrics: dict) -> list[Any]:
     return tables
 
 
-def print_summary(metrics: dict, run_dir: Path) -> None:
+def print_summary(metrics: dict, run_dir: Path, err: bool = False, failed: bool = False) -> None:
+    """The summary tables, the run directory and its reports (stdout; ``err``: stderr)."""
     from rich.console import Console
 
-    console = Console(width=200, highlight=False, soft_wrap=True)
+    console = Console(width=200, highlight=False, soft_wrap=True, stderr=err)
     for table in summary_tables(metrics):
         console.print(table)
         console.print()
-    click.echo(f"run directory: {run_dir}")
-    click.echo(f"report: {run_dir / 'report.md'}")
+    if failed:
+        failure = metrics.get("failure") or {}
+        click.echo(f"FAILED during {STAGE_LABELS.get(failure.get('stage'), failure.get('stage'))}", err=err)
+    click.echo(f"{'failed run record' if failed else 'run directory'}: {run_dir}", err=err)
+    reports = [name for name in ("report.md", "report.html") if (run_dir / name).is_file()]
+    if reports:
+        click.echo(f"report: {run_dir / reports[0]}" + (f" ({', '.join(reports[1:])} beside it)" if reports[1:]
+                                                         else ""), err=err)

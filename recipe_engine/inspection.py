@@ -11,8 +11,12 @@ from pathlib import Path
 
 import click
 
-from .console import fmt_number
 from .pipeline import _recipe_from_lock, read_model_file
+
+
+def _amax(value) -> str:
+    """An amax with 4 significant digits (amax values span orders of magnitude)."""
+    return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
 
 
 def inspect_model(path: str | Path) -> dict:
@@ -56,7 +60,7 @@ def print_inspection(info: dict) -> None:
     click.echo(f"{info['file']}: recipe {info['recipe']} {info['version']}, sha256 {info['sha256']}")
     table = Table("quantizer", "amax", "channels", "enabled", box=None, pad_edge=False)
     for name, q in info["quantizers"].items():
-        table.add_row(Text(name), fmt_number(q["amax"]), str(q["channels"]), "yes" if q["enabled"] else "no")
+        table.add_row(Text(name), _amax(q["amax"]), str(q["channels"]), "yes" if q["enabled"] else "no")
     Console(width=200, highlight=False, file=sys.stdout).print(table)
     click.echo(f"disabled ({len(info['disabled'])}): {', '.join(info['disabled']) or '-'}")
     click.echo("exports:" if info["exports"] else "exports: (none)")

@@ -3,7 +3,7 @@
 ``apply`` (fuse + quantize), ``calibrate`` (statistics + amax + disable), ``prepare`` (both),
 ``save_quantized``/``load_quantized`` and ``run_recipe`` (the whole ``recipe run``).
 
-Over the ~400-line guide (444): the public API steps and the run that strings them together
+Over the ~400-line guide (463): the public API steps and the run that strings them together
 live here together; save/load and plan are the next to move into modules of their own.
 """
 
@@ -35,6 +35,7 @@ from .recipe.lock import lock_text
 from .recipe.schema import Recipe
 from .util.atomic import atomic_save, atomic_write_text, confined
 from .util.imports import imports_refused
+from .util.progress import with_bar
 from .util.rundir import RunDirectory, RunRecord, open_for_recipe, record_failure
 
 MODEL_FILE_FORMAT = "recipe-engine/model/1"
@@ -313,6 +314,8 @@ def run_recipe(loaded: LoadedRecipe, out_dir: str | os.PathLike, show_progress: 
                 story.failed(exc)
             if distributed.is_main():
                 record_failure(run_dir, loaded, record, exc)
+                if story is not None:
+                    story.failure_summary(record.metrics, run_dir.failed)
             raise
         finally:
             if distributed.is_main():
@@ -361,7 +364,7 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
         stage("evaluate_fp32")
         val_batches = data_mod.make_data(loaded, "validation")
         tick = time.perf_counter()
-        metrics["fp32"] = data_mod.run_evaluate(evaluate, model, val_batches)
+        metrics["fp32"] = data_mod.run_evaluate(evaluate, model, with_bar(val_batches, "FP32", show_progress))
         timings["evaluate_fp32_seconds"] = time.perf_counter() - tick
         story.detail(figures(metrics["fp32"]))
 
@@ -376,6 +379,16 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
     metrics["calibration_seconds"] = result.seconds
     metrics["calibration_batches"] = result.batches
     story.detail(f"{result.batches} batches, {spec.calibration.method}")
+    if spec.ptq:
+        from .ptq.runner import refresh_amax_summary
+        from .ptq.runner import run as run_ptq
+
+        stage("ptq")  # every rank runs the same steps on the same (unsharded) batches: identical weights
+        tick = time.perf_counter()
+        metrics["ptq"] = run_ptq(model, loaded, calib_batches, forward, show_progress=show_progress)
+        refresh_amax_summary(state, result.amax)  # range_search and cle choose new amax values
+        timings["ptq_seconds"] = time.perf_counter() - tick
+        story.detail(", ".join(step["step"] for step in metrics["ptq"]))
 
     def summarize() -> None:
         metrics["quantizers"] = state.enabled_count()
@@ -395,7 +408,7 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
     if evaluate is not None:
         stage("evaluate_int8")
         tick = time.perf_counter()
-        metrics["int8"] = data_mod.run_evaluate(evaluate, model, val_batches)
+        metrics["int8"] = data_mod.run_evaluate(evaluate, model, with_bar(val_batches, "INT8", show_progress))
         timings["evaluate_int8_seconds"] = time.perf_counter() - tick
         story.detail(figures(metrics["int8"]))
 
@@ -426,23 +439,30 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
     if not distributed.is_main():
         return metrics  # rank 0 alone writes the model, exports, metrics and report
 
+    stage("layer_sqnr")  # the final model's per-layer output SQNR vs FP32 (metrics.json and the report)
+    from .analyze.layers import describe, measure_layers
+
+    tick = time.perf_counter()
+    layers = measure_layers(model, next(iter(calib_batches)), forward)
+    metrics["layer_sqnr"] = [item.as_dict() for item in layers]
+    timings["layer_sqnr_seconds"] = time.perf_counter() - tick
+    story.detail(describe(layers))
     stage("save")
     save_quantized(model, out / "model.pt", loaded)
     summarize()
     story.detail("model.pt")
 
     exports: list[dict] = []
+    metrics["exports"] = exports  # filled entry by entry: a failed run keeps the figures of those done
     if spec.export:
         from .export.runner import run_exports
 
         stage("export")
         tick = time.perf_counter()
-        exports = run_exports(model, loaded, out, calib_batches, forward)
+        run_exports(model, loaded, out, calib_batches, forward,
+                    on_result=lambda result: (exports.append(result), story.export(result)))
         timings["export_seconds"] = time.perf_counter() - tick
         story.detail(f"{len(exports)} entries")
-        story.end()
-        story.exports(exports)
-    metrics["exports"] = exports
     timings["total_seconds"] = time.perf_counter() - started
     metrics["status"] = "ok"
     stage("report")

@@ -15,26 +15,15 @@ from .. import data as data_mod
 from ..quant.apply import get_state
 from ..recipe.errors import RecipeError
 from ..recipe.loader import LoadedRecipe
-from ..util.atomic import atomic_path, atomic_write_text
+from ..util.atomic import atomic_write_bytes, atomic_write_text
 from .sensitivity import FIDELITY_METRIC, Scorer, SensitivityResult, enabled_groups, greedy_disable, profile
 from .tune import run_tune  # noqa: F401 - re-exported
 
 
 def _bar_chart(result: SensitivityResult, target: Path) -> None:
-    import matplotlib
+    from .plots import sensitivity_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = result.ranked()[:30]
-    figure, axis = plt.subplots(figsize=(8, max(2.5, 0.28 * len(rows) + 1)))
-    axis.barh([r.group for r in rows][::-1], [r.gain_if_disabled for r in rows][::-1], color="#4c72b0")
-    axis.set_xlabel(f"{result.metric} gained by leaving the group in full precision")
-    axis.tick_params(axis="y", labelsize=7)
-    figure.tight_layout()
-    with atomic_path(target) as tmp:
-        figure.savefig(tmp, format="png", dpi=90)
-    plt.close(figure)
+    atomic_write_bytes(target, sensitivity_png(result.ranked(), result.metric))
 
 
 def derived_recipe_text(loaded: LoadedRecipe, disabled_quantizers: list[str], out: Path, note: str) -> str:

@@ -22,10 +22,11 @@ A recipe picks one with the top-level key ``backend:`` (default ``pytorch-quanti
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ..registry import Registry, resolve
 
 if TYPE_CHECKING:  # the registry itself stays free of torch (the recipe schema checks names with it)
     from torch import nn
@@ -100,7 +101,7 @@ class Backend(Protocol):
 
 
 BackendSource = Backend | str | Callable[[], Backend]
-_SOURCES: dict[str, BackendSource] = {}
+BACKENDS: Registry[BackendSource] = Registry("backend", "recipe_engine.backends.register(name, source)")
 _LOADED: dict[str, Backend] = {}
 
 
@@ -114,12 +115,18 @@ def register(name: str, source: BackendSource) -> None:
     ``"module:attr"`` is imported on first use, so registering a backend never imports its library.
     Registering a name again replaces the earlier entry.
     """
-    _SOURCES[name] = source
     _LOADED.pop(name, None)
+    BACKENDS.add(name, source)
+
+
+def unregister(name: str) -> None:
+    """Remove backend ``name`` (e.g. at the end of a test)."""
+    _LOADED.pop(name, None)
+    BACKENDS.remove(name)
 
 
 def registered() -> list[str]:
-    return sorted(_SOURCES)
+    return sorted(BACKENDS.names())
 
 
 def get(name: str | None = None) -> Backend:
@@ -127,16 +134,14 @@ def get(name: str | None = None) -> Backend:
     name = name or DEFAULT
     if name in _LOADED:
         return _LOADED[name]
-    source = _SOURCES.get(name)
+    source = BACKENDS.lookup(name)
     if source is None:
         raise UnknownBackendError(f"unknown backend {name!r}; registered: {', '.join(registered())}")
     if isinstance(source, str):
-        module_name, _, attr = source.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            source = resolve(source)
         except ImportError as exc:
             raise UnknownBackendError(f"backend {name!r} cannot be loaded: {exc}") from exc
-        source = getattr(module, attr)
     backend = source() if callable(source) and not isinstance(source, Backend) else source
     if not isinstance(backend, Backend):
         raise TypeError(f"backend {name!r} does not implement recipe_engine.backends.Backend")

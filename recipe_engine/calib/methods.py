@@ -2,16 +2,26 @@
 
 A method is a function ``fn(stats, num_bits, unsigned, settings) -> torch.Tensor`` where ``stats``
 is what a backend returns from ``statistics(quantizer)`` (``{"amax"}`` for a max calibrator,
-``{"hist", "edges"}`` for a histogram) and ``settings`` the recipe's ``calibration`` section
-(percentile, start_bin, stride). Built-ins register exactly as an extension does::
+``{"hist", "edges"}`` for a histogram) and ``settings`` the recipe's ``calibration`` section. A
+method may own a settings model (a :class:`~.settings.MethodSettings`): its fields become keys of
+``calibration:`` (and of ``schemas/recipe.schema.json``); the method's name becomes a value
+``calibration.method`` and a quantizer's ``method`` accept. Built-ins register exactly as an
+extension does::
 
+    from pydantic import Field
     from recipe_engine.calib import methods
+    from recipe_engine.calib.settings import MethodSettings
 
-    @methods.register("p99", needs_histogram=True)
-    def p99(stats, num_bits, unsigned, settings):
-        return methods.percentile_of(stats, 99.0)
+    class TrimSettings(MethodSettings):
+        trim: float = Field(0.5, gt=0, le=1, title="Fraction of the max")
 
-Every backend goes through these functions, so two backends given the same data give the same amax.
+    @methods.register("trimmed-max", needs_histogram=False, settings=TrimSettings)
+    def trimmed_max(stats, num_bits, unsigned, settings):
+        return methods.amax_from_statistics(stats, "max") * settings.trim
+
+``fn`` may be ``"package.module:function"`` (imported on first use), so that this registry, which
+the recipe schema reads, stays free of torch. Every backend goes through these functions, so two
+backends given the same data give the same amax.
 """
 
 from __future__ import annotations
@@ -20,100 +30,80 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+from ..registry import Registry, resolve
+from .settings import PercentileSettings, SearchSettings
 
-from .amax_search import EmptyCalibratorError, entropy_amax, mse_amax, percentile_amax
-
-AmaxFn = Callable[[dict, int, bool, Any], torch.Tensor]
+AmaxFn = Callable[[dict, int, bool, Any], Any]
 
 
 @dataclass(frozen=True)
 class AmaxMethod:
     name: str
-    fn: AmaxFn
+    fn: Any  # AmaxFn or "module:function"
     needs_histogram: bool
+    settings: type | None = None  # a MethodSettings subclass: its keys in `calibration:`
+
+    def function(self) -> AmaxFn:
+        return resolve(self.fn)
 
 
-_REGISTRY: dict[str, AmaxMethod] = {}
+METHODS: Registry[AmaxMethod] = Registry("calibration method", "recipe_engine.calib.methods.register(name, fn)")
 
 
-def register(name: str, fn: AmaxFn | None = None, *, needs_histogram: bool = True):
+def register(name: str, fn: AmaxFn | str | None = None, *, needs_histogram: bool = True,
+             settings: type | None = None):
     """Register ``fn`` as amax method ``name`` (also a decorator). ``needs_histogram=False``: it also
-    accepts a max calibrator's ``{"amax"}`` statistics."""
-    def decorate(func: AmaxFn) -> AmaxFn:
-        _REGISTRY[name] = AmaxMethod(name, func, needs_histogram)
+    accepts a max calibrator's ``{"amax"}`` statistics. ``settings``: its keys in ``calibration:``."""
+    def decorate(func: AmaxFn | str) -> AmaxFn | str:
+        METHODS.add(name, AmaxMethod(name, func, needs_histogram, settings))
         return func
 
     return decorate(fn) if fn is not None else decorate
 
 
+def unregister(name: str) -> None:
+    METHODS.remove(name)
+
+
 def lookup(name: str) -> AmaxMethod | None:
-    return _REGISTRY.get(name)
+    return METHODS.lookup(name)
 
 
 def registered() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def histogram_of(stats: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(counts, edges)`` read the way pytorch-quantization reads its own histogram: torch counts
-    truncated to integers, and a trailing extra edge (left by growing the histogram) dropped."""
-    if not stats or stats.get("hist") is None or stats.get("edges") is None:
-        raise EmptyCalibratorError("histogram is empty: no data has been collected")
-    hist, edges = stats["hist"], stats["edges"]
-    if isinstance(hist, torch.Tensor):
-        hist = hist.int()
-    if len(edges) == len(hist) + 2:
-        edges = edges[: len(hist) + 1]
-    return hist, edges
+    return METHODS.names()
 
 
 def amax_from_statistics(stats: dict | None, method: str, num_bits: int = 8, unsigned: bool = False,
-                         settings: Any = None) -> torch.Tensor:
+                         settings: Any = None) -> Any:
     """Amax of ``stats`` by the registered ``method``; raises ``ValueError`` with the known names."""
-    entry = _REGISTRY.get(method)
+    from .amax_search import EmptyCalibratorError
+
+    entry = METHODS.lookup(method)
     if entry is None:
         raise ValueError(f"unknown calibration method {method!r}; expected one of {registered()}")
     if stats is None:
         raise EmptyCalibratorError("the calibrator has collected no data")
     if entry.needs_histogram and "hist" not in stats:
         raise ValueError(f"calibration method {method!r} needs a histogram calibrator (calibrator: histogram)")
-    return entry.fn(stats, num_bits, unsigned, settings)
+    return entry.function()(stats, num_bits, unsigned, settings)
 
 
-def _get(settings: Any, key: str, default: Any) -> Any:
-    return default if settings is None else getattr(settings, key, default)
+def histogram_of(stats: dict | None) -> Any:
+    """``(counts, edges)`` of histogram statistics (see :func:`.amax_methods.histogram_of`)."""
+    from .amax_methods import histogram_of as read
+
+    return read(stats)
 
 
-@register("max", needs_histogram=False)
-def _max(stats: dict, num_bits: int, unsigned: bool, settings: Any) -> torch.Tensor:
-    """The absolute maximum seen (a histogram's last bin edge)."""
-    if "hist" in stats:
-        return torch.as_tensor(stats["edges"][-1]).detach().float().clone()
-    if stats.get("amax") is None:
-        raise EmptyCalibratorError("max calibrator has collected no data")
-    return stats["amax"].detach().clone()
+def percentile_of(stats: dict, percentile: float) -> Any:
+    """The ``percentile`` amax of histogram statistics."""
+    from .amax_methods import percentile_of as search
+
+    return search(stats, percentile)
 
 
-@register("entropy")
-def _entropy(stats: dict, num_bits: int, unsigned: bool, settings: Any) -> torch.Tensor:
-    hist, edges = histogram_of(stats)
-    return entropy_amax(hist, edges, num_bits, unsigned, stride=_get(settings, "stride", 1),
-                        start_bin=_get(settings, "start_bin", 128))
-
-
-@register("mse")
-def _mse(stats: dict, num_bits: int, unsigned: bool, settings: Any) -> torch.Tensor:
-    hist, edges = histogram_of(stats)
-    return mse_amax(hist, edges, num_bits, unsigned, stride=_get(settings, "stride", 1),
-                    start_bin=_get(settings, "start_bin", 128))
-
-
-def percentile_of(stats: dict, percentile: float) -> torch.Tensor:
-    hist, edges = histogram_of(stats)
-    return percentile_amax(hist, edges, percentile=percentile)
-
-
-@register("percentile")
-def _percentile(stats: dict, num_bits: int, unsigned: bool, settings: Any) -> torch.Tensor:
-    return percentile_of(stats, _get(settings, "percentile", 99.99))
+# Built-ins, registered the same way as an extension's methods.
+register("max", "recipe_engine.calib.amax_methods:max_amax", needs_histogram=False)
+register("entropy", "recipe_engine.calib.amax_methods:entropy", settings=SearchSettings)
+register("mse", "recipe_engine.calib.amax_methods:mse", settings=SearchSettings)
+register("percentile", "recipe_engine.calib.amax_methods:percentile", settings=PercentileSettings)

@@ -28,11 +28,12 @@ from torch import nn
 from ..quant.apply import disable_matching, get_state
 from ..recipe.errors import RecipeError
 from ..recipe.loader import LoadedRecipe
-from ..recipe.schema import OnnxQdqExport, OnnxSparseExport, TensorRTExport
+from . import formats
 from .calls import check_reads, wrap_call
 from .capture import capture, find_module
 from .quantizers import quantizers_off
 from .scn_precision import check_trace
+from .settings import OnnxQdqExport, OnnxSparseExport
 
 
 def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | None,
@@ -42,26 +43,27 @@ def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | No
     ``model`` went through ``apply`` (fusion + quantizers, not calibrated) so that the traced
     module is the one the export will see; it is changed here (``before_export`` fusions, the
     ``disable`` list), so a caller that still needs it passes a copy (``recipe run`` does).
-    Raises a RecipeError located at the failing entry.
+    Each entry is checked by its format's ``precheck`` (:mod:`.formats`); formats that capture no
+    module call (``tensorrt``) are skipped. Raises a RecipeError located at the failing entry.
     """
     spec = loaded.spec
     if not spec.export or batches is None:
         return 0
-    for index, entry in enumerate(spec.export):
-        if isinstance(entry, TensorRTExport):
-            continue
+    kinds = [formats.get(e.format) for e in spec.export]
+    traced_entries = [(i, e, k) for i, (e, k) in enumerate(zip(spec.export, kinds, strict=True)) if k.capture]
+    for index, entry, _ in traced_entries:
         try:
             find_module(model, entry.module)
         except RecipeError as exc:
             raise loaded.error(("export", index, "module"), exc.headline, hint=exc.hint) from None
-    from .runner import _fuse_before_export
+    from .runner import fuse_before_export
 
-    _fuse_before_export(model, loaded)
+    fuse_before_export(model, loaded)
     state = get_state(model)
     with loaded.located():
         disable_matching(state, spec.disable)  # precisions follow what stays enabled after calibration
-    sparse_traces = []
-    paths = [e.module or "" for e in spec.export if not isinstance(e, TensorRTExport)]
+    later = []
+    paths = [e.module or "" for _, e, _ in traced_entries]
     with quantizers_off(state):
         try:
             captured = capture(model, batches, forward, paths, count_batches=1)
@@ -70,44 +72,53 @@ def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | No
                 raise
             raise loaded.error(("export",), exc.headline, hint=exc.hint) from None
         traced = 0
-        for index, entry in enumerate(spec.export):
-            if isinstance(entry, TensorRTExport):
-                continue
+        for index, entry, kind in traced_entries:
             call = captured.inputs[entry.module or ""]
             module = find_module(model, entry.module)
             try:
-                trace = _trace(module, entry, call.args, call.kwargs)
+                finish = _precheck(kind, module, entry, call.args, call.kwargs)
             except RecipeError as exc:
                 key = ("export", index, getattr(exc, "entry_key", "module"))
                 raise loaded.error(key, f"{entry.path}: not exportable: {exc.headline}", hint=exc.hint) from None
-            if trace is not None:
-                sparse_traces.append((index, entry, trace))
+            if finish is not None:
+                later.append((index, entry, finish))
             traced += 1
     names_of = {id(q): names for names, q in state.unique()}
-    for index, entry, trace in sparse_traces:  # with the quantizers' own enabled state restored
+    for index, entry, finish in later:  # with the quantizers' own enabled state restored
         try:
-            check_trace(trace, names_of, entry.allow_fp16_to_int8)
+            finish(names_of)
         except RecipeError as exc:
             raise loaded.error(("export", index), f"{entry.path}: {exc.headline}", hint=exc.hint) from None
     return traced
 
 
-def _trace(module: nn.Module, entry: OnnxQdqExport | OnnxSparseExport, args: tuple, kwargs: dict) -> Any:
-    """The sparse trace of an ``onnx-sparse`` entry (None for ``onnx-qdq``); raises when not exportable."""
+def _precheck(kind: formats.ExportFormat, module: nn.Module, entry: Any, args: tuple, kwargs: dict) -> Any:
+    """Run the format's precheck on the module (eval mode); returns its follow-up check or None."""
+    check = kind.prechecker()
+    if check is None:
+        return None
     was_training = module.training
     module.eval()
     try:
-        runner, run_args, run_kwargs = wrap_call(module, args, kwargs, entry)
-        if isinstance(entry, OnnxSparseExport):
-            from .sparse_trace import trace_sparse
-
-            trace = trace_sparse(module, entry.module or "", run_args, run_kwargs, runner=runner)
-        else:
-            from .onnx_qdq import export_qdq
-
-            trace = None
-            export_qdq(runner, run_args, run_kwargs, entry.opset, False, entry.dynamic_axes)
-        check_reads(runner)
+        return check(module, entry, args, kwargs)
     finally:
         module.train(was_training)
-    return trace
+
+
+def precheck_qdq(module: nn.Module, entry: OnnxQdqExport, args: tuple, kwargs: dict) -> None:
+    """``onnx-qdq``: torch.onnx.export (TorchScript) of the module, without writing a file."""
+    from .onnx_qdq import export_qdq
+
+    runner, run_args, run_kwargs = wrap_call(module, args, kwargs, entry)
+    export_qdq(runner, run_args, run_kwargs, entry.opset, False, entry.dynamic_axes)
+    check_reads(runner)
+
+
+def precheck_sparse(module: nn.Module, entry: OnnxSparseExport, args: tuple, kwargs: dict) -> Callable:
+    """``onnx-sparse``: the sparse trace now, its int8 chain once the quantizers' enabled state is back."""
+    from .sparse_trace import trace_sparse
+
+    runner, run_args, run_kwargs = wrap_call(module, args, kwargs, entry)
+    trace = trace_sparse(module, entry.module or "", run_args, run_kwargs, runner=runner)
+    check_reads(runner)
+    return lambda names_of: check_trace(trace, names_of, entry.allow_fp16_to_int8)

@@ -18,6 +18,8 @@ the pipeline stores under ``exports`` in ``metrics.json``:
   TensorRT, ``versus_onnxruntime`` step figures, ``network`` and the engine's ``.json`` side file.
 
 An entry that fails its checks raises a RecipeError located at the entry; it writes no file.
+Each entry runs through its format's ``run`` (:mod:`.formats`); the three built-in ones are
+:func:`run_qdq`, :func:`run_sparse` and :func:`run_tensorrt` below.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ from .. import data as data_mod
 from ..quant.apply import get_state
 from ..recipe.errors import RecipeError
 from ..recipe.loader import LoadedRecipe
-from ..recipe.schema import OnnxQdqExport, OnnxSparseExport, Recipe, TensorRTExport
+from ..recipe.schema import Recipe
+from . import formats
 from . import tensorrt as trt_export
 from .artifact import recipe_metadata, save_json, save_onnx, set_metadata
 from .calls import check_reads, wrap_call
-from .capture import CaptureResult, capture, find_module
+from .capture import capture, find_module
+from .formats import ExportContext
 from .onnx_ort import place as place_for_onnxruntime
 from .onnx_qdq import export_mode, export_qdq, flatten_outputs, qdq_census
 from .onnx_sparse import REVERSE, OutputPlan, build_scn
@@ -49,6 +53,7 @@ from .ort_verify import check_against_fp32, fused_ops
 from .quantizers import check_exportable, qdq_notes, quantizers_off
 from .scn_runtime import run_scn as run_sparse_runtime  # the runtime onnx-sparse files are verified with
 from .scn_runtime import swap_layout
+from .settings import OnnxQdqExport, OnnxSparseExport, TensorRTExport
 from .signal_check import problems, signal_figures, summarize_signal
 from .sparse_trace import SparseTrace, trace_sparse
 from .verify import compare, round_figure, run_onnxruntime, summarize
@@ -87,8 +92,13 @@ def export(model: nn.Module, recipe: LoadedRecipe | Recipe | str | os.PathLike |
 
 
 def run_exports(model: nn.Module, loaded: LoadedRecipe, out_dir: str | os.PathLike, calib_batches: Iterable,
-                forward: Callable[[nn.Module, Any], Any] | None) -> list[dict]:
-    """The export step of ``recipe run``; raises RecipeError (located at the entry) when a check fails."""
+                forward: Callable[[nn.Module, Any], Any] | None,
+                on_result: Callable[[dict], None] | None = None) -> list[dict]:
+    """The export step of ``recipe run``; raises RecipeError (located at the entry) when a check fails.
+
+    ``on_result`` is called with each entry's result as soon as it is done (``status: failed`` with the
+    ``error`` for the entry that fails, just before the error is raised).
+    """
     spec = loaded.spec
     if not spec.export:
         return []
@@ -96,32 +106,32 @@ def run_exports(model: nn.Module, loaded: LoadedRecipe, out_dir: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     forward = forward or data_mod.default_forward
     state = get_state(model)  # fails clearly for a model that was never quantized
-    _fuse_before_export(model, loaded)
+    fuse_before_export(model, loaded)
     _check_modules(model, loaded)
-    dense = [e.module or "" for e in spec.export if isinstance(e, OnnxQdqExport)]
-    sparse_paths = [e.module or "" for e in spec.export if isinstance(e, OnnxSparseExport)]
+    kinds = [formats.get(e.format) for e in spec.export]  # every format of the recipe is registered (validation)
+    dense = [e.module or "" for e, f in zip(spec.export, kinds, strict=True) if f.capture == "inputs"]
+    sparse_paths = [e.module or "" for e, f in zip(spec.export, kinds, strict=True) if f.capture == "sparse"]
     captured = capture(model, calib_batches, forward, dense + sparse_paths, sparse_paths,
                        count_batches=spec.calibration.batches, counting_context=lambda: quantizers_off(state))
-    done: dict[str, _QdqDone] = {}
-    traces: dict[str, tuple[SparseTrace, SparseTrace]] = {}  # per sparse module: fake-quant and FP32 traces
+    context = ExportContext(model, loaded, captured, out, state)
     results: list[dict] = []
-    for index, entry in enumerate(spec.export):
+    for index, (entry, kind) in enumerate(zip(spec.export, kinds, strict=True)):
         tick = time.perf_counter()
         try:
-            if isinstance(entry, OnnxQdqExport):
-                result = _export_qdq(model, loaded, entry, captured, out, done)
-            elif isinstance(entry, OnnxSparseExport):
-                result = _export_sparse(model, loaded, entry, captured, out, traces)
-            else:
-                result = _export_tensorrt(loaded, entry, out, done)
+            result = kind.runner()(context, entry)
         except RecipeError as exc:
+            if on_result is not None:
+                on_result({**context.base(entry), "status": "failed", "error": exc.headline,
+                           "seconds": round(time.perf_counter() - tick, 3)})
             raise loaded.error(("export", index), f"{entry.path}: {exc.headline}", hint=exc.hint) from None
         result["seconds"] = round(time.perf_counter() - tick, 3)
         results.append(result)
+        if on_result is not None:
+            on_result(result)
     return results
 
 
-def _fuse_before_export(model: nn.Module, loaded: LoadedRecipe) -> None:
+def fuse_before_export(model: nn.Module, loaded: LoadedRecipe) -> None:
     """Apply ``fuse`` entries with ``phase: before_export`` once per model."""
     if not any(f.phase == "before_export" for f in loaded.spec.fuse) or model.__dict__.get(FUSED_FLAG):
         return
@@ -141,13 +151,11 @@ def _check_modules(model: nn.Module, loaded: LoadedRecipe) -> None:
                 raise loaded.error(("export", index, "module"), exc.headline, hint=exc.hint) from None
 
 
-def _base(entry: Any) -> dict[str, Any]:
-    return {"path": entry.path, "format": entry.format, "module": entry.module or None, "status": "ok"}
-
-
 # ----------------------------------------------------------------------------- onnx-qdq
-def _export_qdq(model: nn.Module, loaded: LoadedRecipe, entry: OnnxQdqExport, captured: CaptureResult,
-                out: Path, done: dict[str, _QdqDone]) -> dict:
+def run_qdq(ctx: ExportContext, entry: OnnxQdqExport) -> dict:
+    """The ``onnx-qdq`` format's run (registered in :mod:`.settings.onnx_qdq`)."""
+    model, loaded, captured, out = ctx.model, ctx.loaded, ctx.captured, ctx.out
+    done: dict[str, _QdqDone] = ctx.shared.setdefault("onnx-qdq", {})  # what tensorrt entries build from
     path = entry.module or ""
     module = find_module(model, path)
     check_exportable(get_state(model), path, f"onnx-qdq {entry.path}")
@@ -169,17 +177,17 @@ def _export_qdq(model: nn.Module, loaded: LoadedRecipe, entry: OnnxQdqExport, ca
     with quantizers_off(get_state(model)):
         fp32, _ = _torch_outputs(module, args, kwargs)
     check_reads(module)
-    if ort_target:  # uint8 grids differ from the fake-quant model's: judged against FP32 (see onnx_ort)
+    if ort_target:  # uint8 grids differ from the fake-quant model's: judged against FP32 (see ort_verify)
         figures = check_against_fp32(ort_outputs, reference, fp32, artifact.output_names, entry.margin_db)
         figures["onnxruntime"] = {**placement, "kernels": fused_ops(model_bytes)}
     else:
-        figures = _check_signal(ort_outputs, reference, fp32, artifact.output_names, entry.margin_db, "onnxruntime")
+        figures = check_signal(ort_outputs, reference, fp32, artifact.output_names, entry.margin_db, "onnxruntime")
     export_mode_diff = max(compare(o, r)["max_abs_diff"] for o, r in zip(ort_outputs, export_reference, strict=True))
     census = qdq_census(artifact.model)
     file_info = save_onnx(artifact.model, out / entry.path)
     done[entry.path] = _QdqDone(entry, model_bytes, feeds, ort_outputs, artifact.output_names, reference, fp32)
     per_channel_axes = sorted({(p["axis"], tuple(p["consumers"])) for p in census["per_channel"]})
-    return {**_base(entry), **figures,
+    return {**ctx.base(entry), **figures,
             "max_abs_diff_export_mode": round_figure(export_mode_diff),
             "exporter": "torch.onnx TorchScript (dynamo=False)",
             "opset": entry.opset, "fp16": entry.fp16, "target": entry.target,
@@ -191,7 +199,7 @@ def _export_qdq(model: nn.Module, loaded: LoadedRecipe, entry: OnnxQdqExport, ca
             **file_info}
 
 
-def _check_signal(runtime: list, pytorch: list, fp32: list, names: list[str], margin_db: float, what: str) -> dict:
+def check_signal(runtime: list, pytorch: list, fp32: list, names: list[str], margin_db: float, what: str) -> dict:
     """Signal figures of ``runtime`` (see :mod:`.signal_check`); RecipeError when it is not faithful."""
     figures = summarize_signal([signal_figures(r, p, f) for r, p, f in zip(runtime, pytorch, fp32, strict=True)],
                                names, margin_db)
@@ -220,8 +228,11 @@ def _torch_outputs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[list[t
 
 
 # ----------------------------------------------------------------------------- onnx-sparse
-def _export_sparse(model: nn.Module, loaded: LoadedRecipe, entry: OnnxSparseExport, captured: CaptureResult,
-                   out: Path, traces: dict[str, tuple[SparseTrace, SparseTrace]]) -> dict:
+def run_sparse(ctx: ExportContext, entry: OnnxSparseExport) -> dict:
+    """The ``onnx-sparse`` format's run (registered in :mod:`.settings.onnx_sparse`)."""
+    model, loaded, captured, out = ctx.model, ctx.loaded, ctx.captured, ctx.out
+    # per sparse module: its fake-quant and FP32 traces, shared by the entries exporting it
+    traces: dict[str, tuple[SparseTrace, SparseTrace]] = ctx.shared.setdefault("onnx-sparse", {})
     path = entry.module or ""
     module = find_module(model, path)
     state = get_state(model)
@@ -244,7 +255,7 @@ def _export_sparse(model: nn.Module, loaded: LoadedRecipe, entry: OnnxSparseExpo
     figures = verify_sparse(built.model, trace, built.outputs, entry.layout != source_layout, fp32_trace,
                             entry.margin_db)
     file_info = save_onnx(built.model, out / entry.path)
-    return {**_base(entry), **figures, **built.summary,
+    return {**ctx.base(entry), **figures, **built.summary,
             "output_axes": [_axis_names(o.axes, source_layout) for o in built.outputs],
             "output_matches_model_layout": all(o.exact for o in built.outputs),
             "notes": built.notes, **file_info}
@@ -305,12 +316,14 @@ def verify_sparse(model, trace: SparseTrace, outputs: list[OutputPlan], convert:
     if fp32_trace is None:
         return summarize([compare(p, r) for p, r in zip(produced, reference, strict=True)], names)
     fp32 = expected_outputs(fp32_trace, outputs, convert)
-    return _check_signal(produced, reference, fp32, names, margin_db, "the sparse reference runtime")
+    return check_signal(produced, reference, fp32, names, margin_db, "the sparse reference runtime")
 
 
 # ----------------------------------------------------------------------------- tensorrt
-def _export_tensorrt(loaded: LoadedRecipe, entry: TensorRTExport, out: Path, done: dict[str, _QdqDone]) -> dict:
-    source = done[entry.source]
+def run_tensorrt(ctx: ExportContext, entry: TensorRTExport) -> dict:
+    """The ``tensorrt`` format's run (registered in :mod:`.settings.tensorrt`)."""
+    loaded, out = ctx.loaded, ctx.out
+    source: _QdqDone = ctx.shared.setdefault("onnx-qdq", {})[entry.source]
     if source.entry.target != "tensorrt":
         raise RecipeError(f"tensorrt: source {entry.source} is placed for onnxruntime (target: onnxruntime)",
                           hint="build the engine from an onnx-qdq entry with target: tensorrt")
@@ -318,7 +331,7 @@ def _export_tensorrt(loaded: LoadedRecipe, entry: TensorRTExport, out: Path, don
     profile = trt_export.profile_shapes(source.feeds, source.entry.dynamic_axes, entry.shapes)
     version = trt_export.installed_version()
     command = trt_export.trtexec_command(entry.source, entry.path, entry.workspace_gb, profile, dynamic, version)
-    result = {**_base(entry), "source": entry.source, "trtexec": command, "network": trt_export.network_kind(version),
+    result = {**ctx.base(entry), "source": entry.source, "trtexec": command, "network": trt_export.network_kind(version),
               "profile": trt_export.describe(profile) if dynamic else None, "max_abs_diff": None}
     reason = trt_export.availability()
     if reason is not None:
@@ -330,7 +343,7 @@ def _export_tensorrt(loaded: LoadedRecipe, entry: TensorRTExport, out: Path, don
     trt_outputs = trt_export.run_engine(engine, source.feeds)
     versus_ort = summarize([compare(t, o) for t, o in zip(trt_outputs, source.ort_outputs, strict=True)],
                            source.output_names)
-    figures = _check_signal(trt_outputs, source.pytorch, source.fp32, source.output_names, entry.margin_db,
+    figures = check_signal(trt_outputs, source.pytorch, source.fp32, source.output_names, entry.margin_db,
                             "TensorRT")
     figures["versus_onnxruntime"] = {k: versus_ort[k] for k in ("max_abs_diff", "max_diff_steps", "frac_over_1_step")}
     trt_export.save_engine(str(out / entry.path), engine)

@@ -17,7 +17,7 @@ from .. import backends
 from ..recipe.errors import RecipeError
 from ..recipe.schema import QuantizerSpec, QuantizeSpec, Recipe, ShareGroup
 from ..select import match_name, select, select_names
-from . import backend, sparse
+from . import backend, kinds
 from .ops import SITES_ATTR, OpSiteQuantizers, discover_sites, install_op_hooks
 
 STATE_ATTR = "recipe_state"
@@ -28,7 +28,7 @@ class ModuleAssignment:
     """The quantizers one module will get, and the rule that decided it."""
 
     name: str
-    kind: str  # "dense" | "sparse"
+    kind: str  # a registered module kind (quant/kinds.py): "dense", "sparse", ...
     input: QuantizerSpec | None
     weight: QuantizerSpec | None
     rule: int
@@ -108,12 +108,9 @@ def _resolve(ref, recipe: Recipe) -> QuantizerSpec | None:
     return recipe.quantizers[ref] if isinstance(ref, str) else ref
 
 
-def _kind(module: nn.Module, backend_name: str | None = None) -> str | None:
-    if sparse.is_sparse_conv(module):
-        return "sparse"
-    if backend.dense_info(module, backend_name) is not None:
-        return "dense"
-    return None
+def _kind(module: nn.Module, backend_name: str) -> str | None:
+    kind = kinds.kind_of(module, backend_name)
+    return kind.name if kind is not None else None
 
 
 def backend_name(recipe: Recipe) -> str:
@@ -136,7 +133,9 @@ def plan_quantization(model: nn.Module, recipe: Recipe) -> QuantPlan:
                 bad = next(m for m in matches if not kind_of(m.module))
                 raise RecipeError(f"rules[{index}] selects {bad.name} ({type(bad.module).__name__}), which has no "
                                   "quantized version", hint="quantize layers (Conv*, ConvTranspose*, Linear, pooling, "
-                                  "spconv convolutions); use `ops:` for adds and concats inside blocks")
+                                  "spconv convolutions); use `ops:` for adds and concats inside blocks; other "
+                                  "layers need a module kind (recipe_engine.quant.kinds.register; registered: "
+                                  f"{', '.join(kinds.registered())})")
             if not quantizable and matches:
                 raise RecipeError(f"rules[{index}] `quantize` selects no quantizable layer (matched "
                                   f"{', '.join(m.name for m in matches[:5])})",
@@ -147,7 +146,7 @@ def plan_quantization(model: nn.Module, recipe: Recipe) -> QuantPlan:
                     continue
                 spec: QuantizeSpec = rule.quantize
                 weight = _resolve(spec.weight, recipe)
-                if weight is not None and not backend.has_weight_slot(match.module, which):
+                if weight is not None and not kinds.KINDS.get(kind_of(match.module)).weighted(match.module, which):
                     raise RecipeError(f"rules[{index}]: {match.name} ({type(match.module).__name__}) has no weight",
                                       hint="give pooling layers an `input` quantizer only")
                 plan.modules[match.name] = ModuleAssignment(match.name, kind_of(match.module),
@@ -190,14 +189,10 @@ def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | No
 
     for name, assignment in plan.modules.items():
         module = modules[name]
-        sparse_layer = assignment.kind == "sparse"
-        axis = sparse.weight_channel_axis(module) if sparse_layer else backend.weight_channel_axis(module, which)
+        kind = kinds.KINDS.get(assignment.kind)
         input_q = make(assignment.input) if assignment.input else None
-        weight_q = make(assignment.weight, axis) if assignment.weight else None
-        if assignment.kind == "sparse":
-            sparse.swap_sparse_module(module, input_q, weight_q)
-        else:
-            backend.swap_dense_module(module, input_q, weight_q, backend=which)
+        weight_q = make(assignment.weight, kind.axis(module, which)) if assignment.weight else None
+        kind.install(module, input_q, weight_q, which)
         if input_q is not None:
             state.add(qualify(name, "input"), name, input_q, assignment.input)
         if weight_q is not None:
@@ -214,9 +209,9 @@ def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | No
         for name, assignment in plan.ops.items():
             sites = [s for s in op_sites.get(name, []) if s.rstrip("0123456789") in assignment.kinds]
             if not sites:
-                kinds = "/".join(sorted(assignment.kinds))
+                wanted = "/".join(sorted(assignment.kinds))
                 raise RecipeError(f"rules[{assignment.rule}].ops: module {name} ({type(owners[name]).__name__}) runs "
-                                  f"no {kinds} directly in its forward",
+                                  f"no {wanted} directly in its forward",
                                   hint="select the module whose own forward contains the op (not a parent)")
             table = OpSiteQuantizers()
             for site in sites:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import backends
+from .slots import QuantizerSlots
 
 Quantizer = nn.Module  # a backend's quantizer object (for annotations)
 
@@ -100,9 +101,7 @@ def has_weight_slot(module: nn.Module, backend: str | None = None) -> bool:
 
 def module_quantizer(module: nn.Module, role: str) -> Quantizer | None:
     """The ``"input"`` or ``"weight"`` quantizer of a quantized module (dense or sparse), else None."""
-    from .sparse import QuantSparseConvMixin
-
-    if isinstance(module, QuantSparseConvMixin):
+    if isinstance(module, QuantizerSlots):  # sparse convs and extensions' module kinds
         return module.input_quantizer if role == "input" else module.weight_quantizer
     for owner in backends.loaded():
         found = owner.module_quantizer(module, role)
@@ -113,9 +112,7 @@ def module_quantizer(module: nn.Module, role: str) -> Quantizer | None:
 
 def set_module_quantizer(module: nn.Module, role: str, quantizer: Quantizer) -> None:
     """Replace a quantized module's ``"input"``/``"weight"`` quantizer (share groups)."""
-    from .sparse import QuantSparseConvMixin
-
-    if isinstance(module, QuantSparseConvMixin):
+    if isinstance(module, QuantizerSlots):
         module.set_quantizer(role, quantizer)
         return
     for owner in backends.loaded():

@@ -27,6 +27,8 @@ import functools
 import torch
 from torch import nn
 
+from .slots import QuantizerSlots
+
 Quantizer = nn.Module  # a backend's quantizer object
 
 try:  # spconv is optional: dense-only models work without it
@@ -75,8 +77,8 @@ def apply_activation(features: torch.Tensor, module: nn.Module) -> torch.Tensor:
     raise NotImplementedError(f"spconv activation {name}")
 
 
-class QuantSparseConvMixin:
-    """Forward of a quantized spconv convolution (see the module docstring)."""
+class QuantSparseConvMixin(QuantizerSlots):
+    """Forward of a quantized spconv convolution (see the module docstring); quantizers in engine slots."""
 
     _input_quantizer: Quantizer | None
     _weight_quantizer: Quantizer | None
@@ -101,18 +103,6 @@ class QuantSparseConvMixin:
         result = apply_activation(result, self)
         return out.replace_feature(result) if result is not out.features else out
 
-    @property
-    def input_quantizer(self) -> Quantizer | None:
-        return self._input_quantizer
-
-    @property
-    def weight_quantizer(self) -> Quantizer | None:
-        return self._weight_quantizer
-
-    def set_quantizer(self, role: str, quantizer: Quantizer | None) -> None:
-        if role not in ("input", "weight"):
-            raise ValueError(f"a sparse convolution has input and weight quantizers, not {role!r}")
-        setattr(self, f"_{role}_quantizer", quantizer)
 
 
 def is_conv1x1(module: nn.Module) -> bool:

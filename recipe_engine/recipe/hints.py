@@ -10,6 +10,8 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ValidationError
 
+from ..export import formats
+from ..ptq.registry import STEPS
 from .errors import Diagnostic, Position, dotted, nearest_position
 from .schema import Recipe
 
@@ -35,7 +37,7 @@ def _looks_like_tag(part: Any) -> bool:
     if not isinstance(part, str):
         return False
     return ("[" in part or part in {"str", "int", "float", "bool", "list", "dict"} or part[:1].isupper()
-            or part in {"onnx-qdq", "onnx-sparse", "tensorrt"} or part.startswith("function-"))
+            or part in formats.FORMATS or part in STEPS or part.startswith("function-"))
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -74,7 +76,7 @@ def allowed_keys(path: tuple) -> list[str]:
                 annotations = hints(candidate, include_extras=True)
                 for name, info in candidate.model_fields.items():
                     if part in (name, info.alias):
-                        following.append(annotations[name])
+                        following.append(annotations.get(name, info.annotation))  # assembled fields: no hint
             else:
                 following += _containers_in(candidate)
         candidates = following
@@ -135,6 +137,12 @@ def diagnostics_from_validation(exc: ValidationError, data: Any, positions: dict
             if kind == "literal_error" and isinstance(value, str):
                 expected = re.findall(r"'([^']*)'", str(first.get("ctx", {}).get("expected", "")))
                 hint = _suggest(value, expected)
+            if kind == "union_tag_invalid" and path[:1] == ("export",) and len(path) == 2:
+                message = formats.FORMATS.unknown(first.get("ctx", {}).get("tag"))  # names the registered ones
+                hint = f"register a format with {formats.FORMATS.how_to_register}"
+            if kind == "union_tag_invalid" and path[:1] == ("ptq",) and len(path) == 2:
+                message = STEPS.unknown(first.get("ctx", {}).get("tag"))
+                hint = f"register a step with {STEPS.how_to_register}"
             if kind == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 hint = f"quote the value: '{value}'" + (" (versions are MAJOR.MINOR.PATCH, e.g. '1.0.0')"
                                                         if path == ("version",) else "")

@@ -14,7 +14,8 @@ from pathlib import PurePosixPath
 
 # files a run writes itself in the run directory (an export must not overwrite them)
 RESERVED_NAMES = ("recipe.lock.yaml", "recipe.tuned.lock.yaml", "model.pt", "metrics.json", "report.md",
-                  "qat_checkpoint.pt", "qat_best.pt", "qat_log.jsonl", "hist_*.png")
+                  "qat_checkpoint.pt", "qat_best.pt", "qat_log.jsonl", "hist_*.png", "report.html",
+                  "layer_sqnr.png", "tune.png")
 _MAX_COMPONENT = 255
 _UNSAFE_DIR_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
 

@@ -304,7 +304,8 @@ def record_failure(run_dir: RunDirectory, loaded: LoadedRecipe, record: RunRecor
         text = "interrupted"
     else:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    metrics = {**record.metrics, "status": "failed", "failure": {"stage": record.stage, "error": text}}
+    record.metrics.update(status="failed", failure={"stage": record.stage, "error": text})  # the report shows it
+    metrics = record.metrics
     if not run_dir.staging.is_dir():  # the commit had begun: the next run finishes it
         return
     try:

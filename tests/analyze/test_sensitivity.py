@@ -64,8 +64,28 @@ def test_tune_stops_within_budget_and_its_drop_is_reproducible(tmp_path) -> None
     assert tune["success"] and tune["drop"] <= 1.0 and tune["evaluations"] <= 30
     assert "block2.conv2" in tune["disabled_groups"]
     assert metrics["int8"]["top1"] == pytest.approx(tune["final"])
+    # the report shows the search: its figures and the plot (tune.png beside report.md, embedded in report.html)
+    page = (out / "report.html").read_text()
+    assert '<h2 id="tune">Tune</h2>' in page and "block2.conv2" in page.split('id="tune"')[1].split("<h2")[0]
+    assert 'alt="Tune search" src="data:image/png;base64,' in page
+    assert (out / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "![tune](tune.png)" in \
+        (out / "report.md").read_text()
     # a fresh run of the tuned lock reproduces the reported metric
     again = CliRunner().invoke(main, ["run", str(out / "recipe.tuned.lock.yaml"), "--out", str(tmp_path / "again")])
     assert again.exit_code == 0, again.output
     fresh = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert fresh["int8"]["top1"] == pytest.approx(tune["final"])
+
+
+def test_per_layer_sqnr_shows_where_the_error_enters(tmp_path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", str(_broken_recipe(tmp_path)), "--out", str(out), *_overrides()])
+    assert result.exit_code == 0, result.output
+    layers = {item["name"]: item for item in json.loads((out / "metrics.json").read_text())["layer_sqnr"]}
+    broken = layers["block2.conv2"]
+    entry = max((i for i in layers.values() if i["loss_db"] is not None), key=lambda i: i["loss_db"])
+    assert entry["name"] == "block2.conv2" and broken["loss_db"] > 10.0
+    assert broken["output_db"] < 15.0 < 25.0 < broken["input_db"]  # clean before it, broken from it on
+    assert all(i["output_db"] > 25.0 for i in layers.values() if i["index"] < broken["index"] and i["output_db"])
+    assert layers["fc"]["output_db"] < 20.0  # and it reaches the output
+    assert "Largest losses inside one layer: block2.conv2" in (out / "report.md").read_text()

@@ -39,8 +39,7 @@ def test_an_extension_backend_is_used_by_a_recipe_like_a_builtin() -> None:
         calibrate(model, RECIPE, batches)
         assert all(backends.backend_of(q) is PQ for q in state.quantizers.values())
     finally:
-        backends._SOURCES.pop("pq-alias")
-        backends._LOADED.pop("pq-alias", None)
+        backends.unregister("pq-alias")
 
 
 def test_recipe_settings_live_in_the_engine_state_not_on_quantizers() -> None:
@@ -88,7 +87,7 @@ def test_a_registered_amax_method_gets_the_backends_statistics() -> None:
         with pytest.raises(ValueError, match="needs a histogram"):
             methods.amax_from_statistics(weight_stats, "entropy")
     finally:
-        methods._REGISTRY.pop("half-max")
+        methods.unregister("half-max")
 
 
 def test_export_mode_is_scoped() -> None:

@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 
 RECIPE = str(ROOT / "recipes" / "digits_int8.yaml")
 STAGES = ["build model", "load data", "export check", "FP32 evaluation", "apply", "calibration", "INT8 evaluation",
-          "save", "export", "report"]
+          "layer SQNR", "save", "export", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +38,15 @@ def test_run_prints_a_line_per_stage_with_its_duration(story_run) -> None:
     assert f"top1 {metrics['int8']['top1']:.4g}" in found["INT8 evaluation"]
     assert f"fusions {metrics['fused']} / quantizers {metrics['quantizers']}" in found["apply"]
     assert f"{metrics['calibration_batches']} batches, entropy" in found["calibration"]
-    onnx = metrics["exports"][0]
-    assert (f"  digits.onnx ok  runtime {onnx['sqnr_runtime_db']:.2f} dB vs PyTorch {onnx['sqnr_pytorch_db']:.2f} dB"
-            in lines)
-    assert "  digits.engine skipped (the tensorrt Python package is not installed" in result.stderr
+    worst = min((i for i in metrics["layer_sqnr"] if i["output_db"] is not None), key=lambda i: i["output_db"])
+    assert f"{len(metrics['layer_sqnr'])} layers/op sites, worst output {worst['name']}" in found["layer SQNR"]
+    onnx, engine = metrics["exports"]
+    # each export's line comes as the entry finishes, before the export stage's own line
+    export_line = lines.index(found["export"])
+    assert lines[export_line - 2] == (f"  digits.onnx ok  runtime {onnx['sqnr_runtime_db']:.2f} dB vs PyTorch "
+                                      f"{onnx['sqnr_pytorch_db']:.2f} dB  {onnx['seconds']:.2f} s")
+    assert lines[export_line - 1].startswith("  digits.engine skipped (the tensorrt Python package is not installed")
+    assert lines[export_line - 1].endswith(f"  {engine['seconds']:.2f} s")
 
 
 def test_run_summary_table_lists_metrics_and_every_export(story_run) -> None:
@@ -89,6 +94,17 @@ def test_run_whose_required_export_fails_exits_non_zero(tmp_path) -> None:
     assert "Traceback" not in result.output
     record = json.loads((tmp_path / "digits.failed" / "metrics.json").read_text())
     assert record["status"] == "failed" and record["failure"]["stage"] == "export"
+    assert re.search(r"^  digits.engine failed \(tensorrt: cannot build the engine.*\)  \d+\.\d\d s$", result.stderr, re.M)
+    # the summary of a failed run: what was measured, each export's status, where the record is (stderr)
+    rows = [re.split(r"\s{2,}", line.strip()) for line in result.stderr.splitlines()]
+    fp32, int8 = record["fp32"]["top1"], record["int8"]["top1"]
+    assert ["top1", f"{fp32:.4g}", f"{int8:.4g}", f"{fp32 - int8:+.4g}"] in rows
+    assert ["digits.onnx", "onnx-qdq", "ok"] == next(r for r in rows if r[0] == "digits.onnx")[:3]
+    assert next(r for r in rows if r[0] == "digits.engine")[2].startswith("failed (tensorrt: cannot build")
+    assert "FAILED during export" in result.stderr
+    assert f"failed run record: {tmp_path / 'digits.failed'}" in result.stderr
+    assert f"report: {tmp_path / 'digits.failed' / 'report.md'} (report.html beside it)" in result.stderr
+    assert result.stdout == ""
 
 
 def test_inspect_lists_quantizers_with_the_runs_amax(story_run) -> None:
