@@ -1,17 +1,33 @@
-"""onnxruntime CPU latency: INT8 Q/DQ export vs the FP32 ONNX of the same dense part.
+"""onnxruntime CPU: latency and accuracy of the engine's INT8 exports vs FP32 and vs ``quantize_static``.
 
-For each zoo model whose checkpoint is available (digits: the whole network; CenterPoint: the
-dense ``bev`` part) the FP32 model and the recipe's INT8 model are exported with the same
-captured inputs; both run with onnxruntime's CPU execution provider at full graph optimisation
-(which turns Q/DQ pairs into QLinearConv & co.). Prints a markdown table; the ratio is FP32 / INT8
-latency (> 1: INT8 is faster). Gains depend on the CPU's int8 dot-product support (VNNI/AMX).
+For the digits network (whole model) and CenterPoint's dense ``bev`` part, one run measures, side by
+side on the same input and thread count:
 
-    .venv/bin/python benchmarks/ort_latency.py [--runs 50] [--threads 2] [--models digits centerpoint]
+- **FP32 ONNX** (TorchScript exporter, the FP32 model);
+- **engine, target tensorrt**: the recipe's PTQ written by ``onnx-qdq`` as for TensorRT (Q/DQ on layer
+  inputs and weights), run by onnxruntime;
+- **engine, target onnxruntime**: the same calibrated model written with ``target: onnxruntime``
+  (``recipe_engine/export/onnx_ort.py``: uint8 activations, int8 weights, int32 biases, one Q per tensor);
+- **onnxruntime quantize_static** of the FP32 ONNX (QDQ, per-channel S8 weights, U8 asymmetric
+  activations: its CPU default) with MinMax, Entropy and Percentile calibration, on the *same*
+  calibration inputs the recipe calibrated on.
+
+Latency: fastest and median of ``--runs`` runs, round-robin over the variants of a model (one run each per round, after
+5 warm-up rounds, so that load from other processes falls on all alike), ``ORT_ENABLE_ALL``, ``--threads`` intra-op
+threads (default 1: the machine is shared; ratios are what this measures), inter-op 1. Accuracy: digits
+top-1 on its validation split; CenterPoint mAP of the ``bev`` part on the validation scenes' BEV tensors
+from the FP32 sparse encoder (cached), so every row of a part sees the same inputs (the engine calibrates
+with statistics collection on, where every quantizer passes its input through: its ``bev`` quantizers also
+saw FP32 encoder outputs). SQNR: of each file's output vs the FP32 ONNX on the latency input.
+
+    .venv/bin/python benchmarks/ort_latency.py [--runs 200] [--threads 1] [--models digits centerpoint]
+        [--methods MinMax Entropy Percentile]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -19,16 +35,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-MODELS = {
-    # name: (recipe, exported module, recipe overrides that keep calibration short)
-    "digits": ("digits_int8", "", ["calibration.batches=2"]),
-    "centerpoint": ("centerpoint_int8", "bev", ["data.calibration.kwargs.count=4", "data.calibration.kwargs.batch_size=4",
-                                                "calibration.batches=1", "calibration.method=max"]),
-}
+#: name: (recipe, exported module, input name)
+MODELS = {"digits": ("digits_int8", "", "x"), "centerpoint": ("centerpoint_int8", "bev", "bev_features")}
 
 
 def _session(model_bytes: bytes, threads: int):
@@ -37,72 +51,130 @@ def _session(model_bytes: bytes, threads: int):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(model_bytes: bytes, feeds: dict[str, np.ndarray], runs: int, threads: int) -> float:
-    """Median wall time of one run (after 5 warm-up runs), in milliseconds."""
-    session = _session(model_bytes, threads)
+def latencies_ms(models: list[bytes], feeds: dict[str, np.ndarray], runs: int, threads: int) -> list[tuple[float, float]]:
+    """(fastest, median) wall time of one run of each model (ms), measured round-robin (one run of each model
+    per round, after 5 warm-up rounds) so that load from other processes falls on every model alike."""
+    sessions = [_session(m, threads) for m in models]
     for _ in range(5):
-        session.run(None, feeds)
-    times = []
+        for session in sessions:
+            session.run(None, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for session, record in zip(sessions, times, strict=True):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            record.append((time.perf_counter() - start) * 1000)
+    return [(min(t), statistics.median(t)) for t in times]
 
 
-def measure(name: str, runs: int, threads: int) -> dict | None:
+def sqnr_db(actual: np.ndarray, reference: np.ndarray) -> float:
+    noise = float(np.sum((actual.astype(np.float64) - reference) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference.astype(np.float64) ** 2)) / noise)
+
+
+def _part(name: str):
+    """(FP32 module, engine PTQ module, calibration inputs, evaluate(module) -> metric, metric name)."""
+    import accuracy as acc
+
     from recipe_engine import data as data_mod
-    from recipe_engine.export.capture import capture, find_module
-    from recipe_engine.export.onnx_qdq import export_qdq, flatten_inputs, flatten_outputs, torchscript_export
     from recipe_engine.pipeline import prepare
     from recipe_engine.recipe.loader import load_recipe
+    from recipe_engine.zoo import digits
+
+    recipe, module_path, _ = MODELS[name]
+    loaded = load_recipe(ROOT / "recipes" / f"{recipe}.yaml", overrides=["export=[]"])
+    batches = acc.first(data_mod.make_data(loaded, "calibration"), loaded.spec.calibration.batches)
+    forward = data_mod.forward_fn(loaded)
+    fp32 = data_mod.build_model(loaded).eval()
+    int8 = data_mod.build_model(loaded).eval()
+    with acc.quiet():
+        prepare(int8, loaded, batches, forward)
+    method = loaded.spec.calibration.method
+    if name == "digits":
+        val = data_mod.make_data(loaded, "validation")
+        return (fp32, int8, [b["image"] for b in batches], lambda m: digits.evaluate(m, val)["top1"], "top-1",
+                f"{len(batches)} batches, {method}")
+    calib = acc.capture_bev_inputs(fp32, batches, forward)
+    val_batches = list(data_mod.make_data(loaded, "validation"))
+    cached = [{"bev_features": f, "gt_cls": b["gt_cls"], "gt_center": b["gt_center"]}
+              for f, b in zip(acc.capture_bev_inputs(fp32, val_batches, forward), val_batches, strict=True)]
+    return (getattr(fp32, module_path), getattr(int8, module_path), calib, acc.detector_evaluator(cached), "mAP",
+            f"{len(batches)} batches, {method}")
+
+
+def measure(name: str, runs: int, threads: int, methods: list[str]) -> list[dict]:
+    import accuracy as acc
+    import onnx
+
+    from recipe_engine.export.onnx_ort import place_for_onnxruntime
+    from recipe_engine.export.onnx_qdq import export_qdq
     from recipe_engine.zoo.checkpoint import checkpoint_path
 
-    recipe, module_path, overrides = MODELS[name]
     if not checkpoint_path(name).is_file():
         print(f"(skipping {name}: no checkpoint)", file=sys.stderr)
-        return None
-    loaded = load_recipe(ROOT / "recipes" / f"{recipe}.yaml", overrides=overrides + ["export=[]"])
-    batches = data_mod.make_data(loaded, "calibration")
-    forward = data_mod.forward_fn(loaded)
-
-    fp32 = data_mod.build_model(loaded)
-    call = capture(fp32, batches, forward, [module_path]).inputs[module_path]
-    fp32_module = find_module(fp32, module_path)
-    flat = flatten_inputs(fp32_module, call.args, call.kwargs)
-    names, _ = flatten_outputs(fp32_module(*call.args, **call.kwargs))
-    fp32_bytes = torchscript_export(fp32_module, flat, names, 17, None).SerializeToString()
-
-    int8 = data_mod.build_model(loaded)
-    prepare(int8, loaded, batches, forward)
-    int8_bytes = export_qdq(find_module(int8, module_path), call.args, call.kwargs).model.SerializeToString()
-
-    feeds = flat.feeds()
-    shape = "x".join(str(d) for d in next(iter(feeds.values())).shape)
-    a = latency_ms(fp32_bytes, feeds, runs, threads)
-    b = latency_ms(int8_bytes, feeds, runs, threads)
-    return {"model": f"{name} {module_path or '(whole)'}", "input": shape, "fp32": a, "int8": b}
+        return []
+    input_name = MODELS[name][2]
+    acc.log(f"{name}: calibrating the recipe and capturing inputs")
+    fp32, int8, calib, evaluate, metric, how = _part(name)
+    example = calib[0]
+    feeds = {input_name: example.numpy()}
+    fp32_bytes = acc.fp32_onnx(fp32, example, input_name)
+    with acc.quiet():
+        qdq = export_qdq(int8, (example,), {}, dynamic_axes={input_name: {0: "batch"}, "output": {0: "batch"}}).model
+    placed = copy.deepcopy(qdq)
+    place_for_onnxruntime(placed)
+    variants = [("FP32 ONNX", "-", fp32_bytes), ("engine onnx-qdq, target tensorrt", f"recipe ({how})",
+                                                 qdq.SerializeToString()),
+                ("engine onnx-qdq, target onnxruntime", f"recipe ({how})", placed.SerializeToString())]
+    part = acc.DensePart(name, fp32, input_name, calib, None, evaluate)
+    for method in methods:
+        acc.log(f"{name}: quantize_static {method}")
+        model_bytes, _ = acc.ort_quantize(fp32_bytes, part, method, symmetric=False)
+        variants.append((f"ORT quantize_static {method} (U8 asym. act., S8 per-channel w)",
+                         f"{acc.ORT_CALIBRATION[method]}, same inputs", model_bytes))
+    reference = _session(fp32_bytes, threads).run(None, feeds)[0]
+    acc.log(f"{name}: latency, {runs} rounds")
+    times = latencies_ms([v[2] for v in variants], feeds, runs, threads)
+    rows = []
+    for (label, calibration, model_bytes), ms in zip(variants, times, strict=True):
+        acc.log(f"{name}: {label}")
+        output = _session(model_bytes, threads).run(None, feeds)[0]
+        rows.append({"model": name, "variant": label, "calibration": calibration, "ms": ms[0], "median": ms[1],
+                     "metric": evaluate(acc.OrtModule(model_bytes, threads)), "metric_name": metric,
+                     "sqnr": sqnr_db(output, reference), "input": "x".join(map(str, example.shape)),
+                     "nodes": len(onnx.load_from_string(model_bytes).graph.node)})
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--methods", nargs="*", default=["MinMax", "Entropy", "Percentile"],
+                        choices=["MinMax", "Entropy", "Percentile"])
     args = parser.parse_args()
-    rows = [r for r in (measure(m, args.runs, args.threads) for m in args.models) if r]
+    torch.set_num_threads(args.threads)
+    rows = [r for m in args.models for r in measure(m, args.runs, args.threads, args.methods)]
     import onnxruntime
 
-    print(f"onnxruntime {onnxruntime.__version__} CPU EP, {args.threads} threads, median of {args.runs} runs, "
-          f"{platform.processor() or platform.machine()}\n")
-    print("| model (part) | input | FP32 ONNX ms | INT8 Q/DQ ms | FP32 / INT8 |")
-    print("|---|---|---:|---:|---:|")
+    print(f"onnxruntime {onnxruntime.__version__} CPU EP, ORT_ENABLE_ALL, {args.threads} intra-op thread(s), median "
+          f"of {args.runs} runs, {platform.processor() or platform.machine()}; all rows of a model measured in this "
+          "run\n")
+    print("| model | input | variant | calibration | fastest ms | FP32 / this (fastest) | median ms | FP32 / this "
+          "(median) | metric | SQNR vs FP32 dB |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['input']} | {r['fp32']:.2f} | {r['int8']:.2f} | {r['fp32'] / r['int8']:.2f}x |")
+        base = next(x for x in rows if x["model"] == r["model"] and x["variant"] == "FP32 ONNX")
+        sqnr = "-" if r is base else f"{r['sqnr']:.1f}"
+        print(f"| {r['model']} | {r['input']} | {r['variant']} | {r['calibration']} | {r['ms']:.2f} | "
+              f"{base['ms'] / r['ms']:.2f}x | {r['median']:.2f} | {base['median'] / r['median']:.2f}x | "
+              f"{r['metric_name']} {r['metric']:.2f} | {sqnr} |")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ from ..quant import backend
 from ..quant.apply import QuantState
 from ..recipe.errors import RecipeError
 from ..util.progress import progress
+from .histogram import worker
+
+
+def _batch_error(what: str, exc: BaseException) -> RecipeError:
+    hint = ("the batch contains NaN/inf values" if "finite" in str(exc) or "nan" in str(exc)
+            else "run the FP32 model on this batch to check the data and the forward adapter")
+    return RecipeError(f"{what}: {exc}", hint=hint)
 
 
 def collect_statistics(
@@ -39,13 +46,12 @@ def collect_statistics(
                 try:
                     forward(model, batch)
                 except (RuntimeError, ValueError) as exc:
-                    hint = (
-                        "the batch contains NaN/inf values"
-                        if "finite" in str(exc) or "nan" in str(exc)
-                        else "run the FP32 model on this batch to check the data and the forward adapter"
-                    )
-                    raise RecipeError(f"calibration batch {count} failed: {exc}", hint=hint) from exc
+                    raise _batch_error(f"calibration batch {count} failed", exc) from exc
                 count += 1
+            try:
+                worker().wait()  # histograms still being binned in the background (calib/histogram.py)
+            except (RuntimeError, ValueError) as exc:
+                raise _batch_error(f"calibration batches 0-{count - 1}: binning a histogram failed", exc) from exc
     finally:
         for quantizer in quantizers:
             backend.stop_calibration(quantizer)

@@ -46,8 +46,10 @@ from .artifact import recipe_metadata, save_json, save_onnx, set_metadata
 from .calls import check_reads, wrap_call
 from .capture import capture, find_module
 from .formats import ExportContext
+from .onnx_ort import place as place_for_onnxruntime
 from .onnx_qdq import export_mode, export_qdq, flatten_outputs, qdq_census
 from .onnx_sparse import REVERSE, OutputPlan, build_scn
+from .ort_verify import check_against_fp32, fused_ops
 from .quantizers import check_exportable, qdq_notes, quantizers_off
 from .scn_runtime import run_scn as run_sparse_runtime  # the runtime onnx-sparse files are verified with
 from .scn_runtime import swap_layout
@@ -163,16 +165,23 @@ def run_qdq(ctx: ExportContext, entry: OnnxQdqExport) -> dict:
         notes.append(f"{path or 'the model'} ran {call.calls} times per forward; its first call was exported")
     module, args, kwargs = wrap_call(module, call.args, call.kwargs, entry)
     artifact = export_qdq(module, args, kwargs, entry.opset, entry.fp16, entry.dynamic_axes)
+    ort_target = entry.target == "onnxruntime"
+    placement = place_for_onnxruntime(artifact.model, entry.fp16) if ort_target else None
     set_metadata(artifact.model, recipe_metadata(loaded, format=entry.format, module=path or "<model>",
-                                                 opset=entry.opset, fp16=entry.fp16))
+                                                 opset=entry.opset, fp16=entry.fp16,
+                                                 target=entry.target if ort_target else None))
     model_bytes = artifact.model.SerializeToString(deterministic=True)
     feeds = artifact.inputs.feeds(np.float16 if entry.fp16 else None)
-    ort_outputs = run_onnxruntime(model_bytes, feeds)
+    ort_outputs = run_onnxruntime(model_bytes, feeds, optimization="all" if ort_target else "basic")
     reference, export_reference = _torch_outputs(module, args, kwargs)
     with quantizers_off(get_state(model)):
         fp32, _ = _torch_outputs(module, args, kwargs)
     check_reads(module)
-    figures = check_signal(ort_outputs, reference, fp32, artifact.output_names, entry.margin_db, "onnxruntime")
+    if ort_target:  # uint8 grids differ from the fake-quant model's: judged against FP32 (see ort_verify)
+        figures = check_against_fp32(ort_outputs, reference, fp32, artifact.output_names, entry.margin_db)
+        figures["onnxruntime"] = {**placement, "kernels": fused_ops(model_bytes)}
+    else:
+        figures = check_signal(ort_outputs, reference, fp32, artifact.output_names, entry.margin_db, "onnxruntime")
     export_mode_diff = max(compare(o, r)["max_abs_diff"] for o, r in zip(ort_outputs, export_reference, strict=True))
     census = qdq_census(artifact.model)
     file_info = save_onnx(artifact.model, out / entry.path)
@@ -181,7 +190,7 @@ def run_qdq(ctx: ExportContext, entry: OnnxQdqExport) -> dict:
     return {**ctx.base(entry), **figures,
             "max_abs_diff_export_mode": round_figure(export_mode_diff),
             "exporter": "torch.onnx TorchScript (dynamo=False)",
-            "opset": entry.opset, "fp16": entry.fp16,
+            "opset": entry.opset, "fp16": entry.fp16, "target": entry.target,
             "inputs": {n: list(a.shape) for n, a in feeds.items()}, "output_names": artifact.output_names,
             "quantize_linear": census["quantize_linear"], "dequantize_linear": census["dequantize_linear"],
             "per_channel_weights": len(census["per_channel"]),
@@ -315,6 +324,9 @@ def run_tensorrt(ctx: ExportContext, entry: TensorRTExport) -> dict:
     """The ``tensorrt`` format's run (registered in :mod:`.settings.tensorrt`)."""
     loaded, out = ctx.loaded, ctx.out
     source: _QdqDone = ctx.shared.setdefault("onnx-qdq", {})[entry.source]
+    if source.entry.target != "tensorrt":
+        raise RecipeError(f"tensorrt: source {entry.source} is placed for onnxruntime (target: onnxruntime)",
+                          hint="build the engine from an onnx-qdq entry with target: tensorrt")
     dynamic = bool(source.entry.dynamic_axes)
     profile = trt_export.profile_shapes(source.feeds, source.entry.dynamic_axes, entry.shapes)
     version = trt_export.installed_version()

@@ -68,7 +68,7 @@ class PytorchQuantizationBackend:
         )
         quantizer = Quantizer(descriptor)
         if spec.calibrator == "histogram":
-            quantizer._calibrator = HistogramCalibrator(
+            quantizer._calibrator = calibrators.FastHistogramCalibrator(
                 spec.num_bits, axis, spec.unsigned, num_bins=calibration.num_bins, skip_zeros=calibration.skip_zeros)
         return quantizer
 

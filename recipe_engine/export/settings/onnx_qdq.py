@@ -14,6 +14,11 @@ class OnnxQdqExport(ExportBase):
     """Dense parts: ONNX with QuantizeLinear/DequantizeLinear pairs."""
 
     format: Literal["onnx-qdq"] = Field(title="Format")
+    target: Literal["tensorrt", "onnxruntime"] = Field(
+        "tensorrt", title="Deployment target",
+        description="tensorrt: Q/DQ on layer inputs and weights (TensorRT's placement). onnxruntime: placed for "
+        "onnxruntime's CPU provider (uint8 activations, int8 weights, int32 biases, one Q per tensor) so that its "
+        "optimiser builds QLinearConv/QLinearAdd/QLinearConcat kernels; verified against FP32.")
     opset: int = Field(17, ge=13, title="ONNX opset")
     fp16: bool = Field(False, title="FP16 graph")
     dynamic_axes: dict[str, dict[int, str]] | None = Field(None, title="Dynamic axes per input name")
