@@ -34,8 +34,8 @@ def test_run_prints_a_line_per_stage_with_its_duration(story_run) -> None:
     assert [re.split(r"\s{2,}", s)[0] for s in stages] == STAGES
     assert all(re.search(r"\s\d+\.\d\d s", s) for s in stages)
     found = {re.split(r"\s{2,}", s)[0]: s for s in stages}
-    assert f"top1 {metrics['fp32']['top1']:.4g}" in found["FP32 evaluation"]
-    assert f"top1 {metrics['int8']['top1']:.4g}" in found["INT8 evaluation"]
+    assert f"top1 {metrics['fp32']['top1']:.2f}" in found["FP32 evaluation"]
+    assert f"top1 {metrics['int8']['top1']:.2f}" in found["INT8 evaluation"]
     assert f"fusions {metrics['fused']} / quantizers {metrics['quantizers']}" in found["apply"]
     assert f"{metrics['calibration_batches']} batches, entropy" in found["calibration"]
     worst = min((i for i in metrics["layer_sqnr"] if i["output_db"] is not None), key=lambda i: i["output_db"])
@@ -54,7 +54,7 @@ def test_run_summary_table_lists_metrics_and_every_export(story_run) -> None:
     rows = [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines()]
     fp32, int8 = metrics["fp32"]["top1"], metrics["int8"]["top1"]
     assert ["metric", "FP32", "INT8", "drop"] in rows
-    assert ["top1", f"{fp32:.4g}", f"{int8:.4g}", f"{fp32 - int8:+.4g}"] in rows
+    assert ["top1", f"{fp32:.2f}", f"{int8:.2f}", f"{fp32 - int8:+.2f}"] in rows
     onnx = metrics["exports"][0]
     assert ["digits.onnx", "onnx-qdq", "ok",
             f"runtime {onnx['sqnr_runtime_db']:.2f} dB vs PyTorch {onnx['sqnr_pytorch_db']:.2f} dB"] in rows
@@ -98,7 +98,7 @@ def test_run_whose_required_export_fails_exits_non_zero(tmp_path) -> None:
     # the summary of a failed run: what was measured, each export's status, where the record is (stderr)
     rows = [re.split(r"\s{2,}", line.strip()) for line in result.stderr.splitlines()]
     fp32, int8 = record["fp32"]["top1"], record["int8"]["top1"]
-    assert ["top1", f"{fp32:.4g}", f"{int8:.4g}", f"{fp32 - int8:+.4g}"] in rows
+    assert ["top1", f"{fp32:.2f}", f"{int8:.2f}", f"{fp32 - int8:+.2f}"] in rows
     assert ["digits.onnx", "onnx-qdq", "ok"] == next(r for r in rows if r[0] == "digits.onnx")[:3]
     assert next(r for r in rows if r[0] == "digits.engine")[2].startswith("failed (tensorrt: cannot build")
     assert "FAILED during export" in result.stderr
@@ -129,7 +129,7 @@ def test_inspect_lists_quantizers_with_the_runs_amax(story_run) -> None:
     assert text.exit_code == 0, text.output
     rows = [re.split(r"\s{2,}", line.strip()) for line in text.stdout.splitlines()]
     weight = metrics["amax"]["stem.0.weight"]
-    assert ["stem.0.weight", f"{weight['amax_max']:.4g}", str(weight["channels"]), "yes"] in rows
+    assert ["stem.0.weight", f"{weight['amax_max']:.2f}", str(weight["channels"]), "yes"] in rows
     assert "disabled (0): -" in text.stdout and "path=digits.engine, format=tensorrt" in text.stdout
 
 
@@ -148,10 +148,10 @@ def test_run_with_qat_tells_the_qat_stage_and_adds_qat_columns(tmp_path) -> None
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     qat_line = next(line for line in result.stderr.splitlines() if line.startswith("QAT "))
-    assert f"{metrics['qat_steps']} steps" in qat_line and f"top1 {metrics['qat']['top1']:.4g}" in qat_line
+    assert f"{metrics['qat_steps']} steps" in qat_line and f"top1 {metrics['qat']['top1']:.2f}" in qat_line
     rows = [re.split(r"\s{2,}", line.strip()) for line in result.stdout.splitlines()]
     fp32, qat = metrics["fp32"]["top1"], metrics["qat"]["top1"]
     assert ["metric", "FP32", "INT8", "drop", "QAT", "QAT drop"] in rows
-    assert ["top1", f"{fp32:.4g}", f"{metrics['int8']['top1']:.4g}", f"{fp32 - metrics['int8']['top1']:+.4g}",
-            f"{qat:.4g}", f"{fp32 - qat:+.4g}"] in rows
+    assert ["top1", f"{fp32:.2f}", f"{metrics['int8']['top1']:.2f}", f"{fp32 - metrics['int8']['top1']:+.2f}",
+            f"{qat:.2f}", f"{fp32 - qat:+.2f}"] in rows
     assert not any(line.startswith("export") for line in result.stderr.splitlines())
