@@ -129,7 +129,7 @@ def test_inspect_lists_quantizers_with_the_runs_amax(story_run) -> None:
     assert text.exit_code == 0, text.output
     rows = [re.split(r"\s{2,}", line.strip()) for line in text.stdout.splitlines()]
     weight = metrics["amax"]["stem.0.weight"]
-    assert ["stem.0.weight", f"{weight['amax_max']:.2f}", str(weight["channels"]), "yes"] in rows
+    assert ["stem.0.weight", f"{weight['amax_max']:.4g}", str(weight["channels"]), "yes"] in rows
     assert "disabled (0): -" in text.stdout and "path=digits.engine, format=tensorrt" in text.stdout
 
 
