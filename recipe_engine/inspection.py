@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .pipeline import _recipe_from_lock, read_model_file
+from .model_file import read_model_file, recipe_from_lock
 
 
 def _amax(value) -> str:
@@ -27,7 +27,7 @@ def inspect_model(path: str | Path) -> dict:
 
     payload = read_model_file(path)
     with imports_refused(f"{path}'s recipe"):
-        loaded = _recipe_from_lock(payload["lock"])
+        loaded = recipe_from_lock(payload["lock"])
     spec = loaded.spec
     disabled = list(payload.get("disabled", []))
     quantizers: dict[str, dict] = {}

@@ -3,60 +3,38 @@
 ``apply`` (fuse + quantize), ``calibrate`` (statistics + amax + disable), ``prepare`` (both),
 ``save_quantized``/``load_quantized`` and ``run_recipe`` (the whole ``recipe run``).
 
-Over the ~400-line guide (465): the public API steps and the run that strings them together
-live here together; save/load and plan are the next to move into modules of their own.
+``model.pt`` is written and read by :mod:`.model_file`; the shared fuse+quantize step is
+:mod:`.application`; ``plan`` is the next to move into a module of its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from . import data as data_mod
+from .application import apply_loaded
 from .calib.loop import CalibrationResult
 from .calib.loop import calibrate as _calibrate_state
 from .console import NullStory, figures
+from .model_file import MODEL_FILE_FORMAT, load_quantized, read_model_file, save_quantized  # noqa: F401 - re-exported
 from .quant import backend
-from .quant.apply import QuantState, apply_quantization, disable_matching, get_state, plan_quantization
+from .quant.apply import QuantState, disable_matching, get_state, plan_quantization
 from .recipe.errors import RecipeError
 from .recipe.loader import LoadedRecipe, as_loaded, load_recipe, load_recipe_data  # noqa: F401 - as_loaded re-exported
 from .recipe.lock import lock_text
 from .recipe.schema import Recipe
-from .util.atomic import atomic_save, atomic_write_text, confined
-from .util.imports import imports_refused
+from .util.atomic import atomic_write_text, confined
 from .util.progress import with_bar
 from .util.rundir import RunDirectory, RunRecord, open_for_recipe, record_failure
-
-MODEL_FILE_FORMAT = "recipe-engine/model/1"
-
-
-def _first_batch_runner(model: nn.Module, batches: Iterable | None, forward: Callable) -> Callable[[], Any] | None:
-    if batches is None:
-        return None
-
-    def run() -> Any:
-        batch = next(iter(batches), None)
-        if batch is None:
-            raise RecipeError("calibration data is empty: op sites cannot be discovered")
-        was_training = model.training
-        model.eval()
-        try:
-            return forward(model, batch)
-        finally:
-            model.train(was_training)
-
-    return run
 
 
 def apply(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches: Iterable | None = None,
@@ -70,19 +48,7 @@ def apply(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches:
     loaded = as_loaded(recipe)
     if op_sites is None:
         batches = data_mod.recipe_batches(loaded, batches)
-    return _apply(model, loaded, batches, data_mod.recipe_forward(loaded, forward), op_sites)
-
-
-def _apply(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | None, forward: Callable,
-           op_sites: dict[str, list[str]] | None) -> QuantState:
-    from .fuse import apply_fusions
-
-    with loaded.located():
-        fused = apply_fusions(model, loaded.spec, phase="before_calibration")
-        state = apply_quantization(model, loaded.spec, op_sites=op_sites,
-                                   run_forward=_first_batch_runner(model, batches, forward))
-    state.fused = fused
-    return state
+    return apply_loaded(model, loaded, batches, data_mod.recipe_forward(loaded, forward), op_sites)
 
 
 def calibrate(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batches: Iterable | None = None,
@@ -117,91 +83,6 @@ def prepare(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batche
 
 
 # ----------------------------------------------------------------------------- save / load
-def save_quantized(model: nn.Module, path: str | os.PathLike, recipe: LoadedRecipe | Recipe) -> None:
-    """Write ``model.pt``: state dict with amax buffers, op sites, disabled set and the recipe lock."""
-    loaded = as_loaded(recipe)
-    state = get_state(model)
-    payload = {
-        "format": MODEL_FILE_FORMAT,
-        "lock": lock_text(loaded.spec),
-        "sha256": loaded.sha256,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "op_sites": state.op_sites,
-        "disabled": list(state.disabled),
-    }
-    atomic_save(path, lambda tmp: torch.save(payload, tmp))
-
-
-def _recipe_from_lock(text: str) -> LoadedRecipe:
-    with tempfile.NamedTemporaryFile("w", suffix=".lock.yaml", delete=False) as handle:
-        handle.write(text)
-    try:
-        return load_recipe(handle.name)
-    finally:
-        os.unlink(handle.name)
-
-
-def read_model_file(path: str | os.PathLike) -> dict:
-    """The payload of a ``model.pt`` (tensors and strings only: ``weights_only=True``), format checked."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: no such file") from None
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is the file's fault
-        raise RecipeError(f"{path}: cannot read it with weights_only=True: {exc}") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FILE_FORMAT:
-        raise RecipeError(f"{path}: not a recipe-engine model file (format {MODEL_FILE_FORMAT})")
-    return payload
-
-
-def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, *,
-                   factory: Callable[[], nn.Module] | None = None, trust_recipe: bool = False) -> nn.Module:
-    """Rebuild a quantized model from ``model.pt`` without calibrating and without a GPU.
-
-    Loading a file never imports or calls anything the file names: pass the FP32 model (``model=``)
-    or a callable that builds it (``factory=``). The recipe lock inside the file is re-applied to it
-    (fusions, quantizers, share groups), then the saved weights and amax values are loaded. The
-    lock's selector and fusion types may only name modules that are already imported (your model's
-    own classes are) or the engine's own packages; any other module is refused, not imported.
-    ``trust_recipe=True`` lifts both rules for a file you trust: the model is built by calling the
-    lock's ``model.factory`` and the lock may import what it names; what it will import is logged first.
-    """
-    payload = read_model_file(path)
-    loaded = _recipe_from_lock(payload["lock"])
-    spec = loaded.spec
-    if trust_recipe:
-        import logging
-
-        logging.getLogger("recipe_engine").warning(
-            "load_quantized(%s, trust_recipe=True) may import and run: %s", path, ", ".join(spec.factories()) or "-")
-    if model is None and factory is not None:
-        model = factory()
-    if model is None:
-        if not trust_recipe:
-            named = f" (its recipe names model.factory {spec.model.factory})" if spec.model else ""
-            raise RecipeError(f"{path}: pass the model to rebuild{named}",
-                              hint="load_quantized(path, model=build_my_model()) or factory=build_my_model; "
-                                   "trust_recipe=True calls the file's own factory (only for files you trust)")
-        if spec.model is None:
-            raise RecipeError(f"{path}: the recipe has no model factory; pass model=")
-        from .util.imports import import_callable
-
-        model = import_callable(spec.model.factory, what="model.factory")(**spec.model.kwargs)
-    if not isinstance(model, nn.Module):
-        raise RecipeError(f"{path}: model= must be an nn.Module, got {type(model).__name__}")
-    guard = contextlib.nullcontext() if trust_recipe else imports_refused(f"{path}'s recipe")
-    with guard:
-        _apply(model, loaded, None, data_mod.default_forward, payload["op_sites"])
-    state = get_state(model)
-    backend.load_state_dict(model, payload["state_dict"], strict=True, backend=state.backend)  # amax on CPU
-    for name in payload["disabled"]:
-        if name in state.quantizers:
-            backend.set_enabled(state.quantizers[name], False)
-    state.disabled = list(payload["disabled"])
-    model.eval()
-    return model
-
-
 # ----------------------------------------------------------------------------- plan
 @dataclass
 class PlanResult:
@@ -352,7 +233,7 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
 
         stage("export_check")
         probe = copy.deepcopy(model)  # the run goes on with the untouched model
-        _apply(probe, loaded, calib_batches, forward, None)
+        apply_loaded(probe, loaded, calib_batches, forward, None)
         check_exports(probe, loaded, calib_batches, forward)  # before any calibration
         del probe
     metrics: dict[str, Any] = record.metrics
