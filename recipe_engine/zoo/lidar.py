@@ -12,7 +12,7 @@ indices are int32 [N, 4] = (batch, z, y, x); the spatial shape is [Z, Y, X] = [4
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,6 +154,17 @@ def collate_voxels(frames: Iterable[LidarFrame]) -> dict[str, torch.Tensor]:
     frames = list(frames)
     coords = [np.concatenate([np.full((len(f.voxel_coords), 1), i, np.int32), f.voxel_coords], axis=1)
               for i, f in enumerate(frames)]
+    return {
+        "voxel_features": torch.from_numpy(np.concatenate([f.voxel_features for f in frames])),
+        "coors": torch.from_numpy(np.concatenate(coords)),
+        "batch_size": torch.tensor(len(frames), dtype=torch.int64),
+        **padded_labels(frames),
+    }
+
+
+def padded_labels(frames: Sequence) -> dict[str, torch.Tensor]:
+    """The frames' labels padded to the most objects of any frame: ``gt_cls`` [B, M] (-1 = padding),
+    ``gt_center`` [B, M, 2], ``gt_size`` [B, M, 2], ``gt_yaw`` [B, M]."""
     m = max([1] + [len(f.labels["cls"]) for f in frames])
     b = len(frames)
     gt_cls = np.full((b, m), -1, np.int64)
@@ -166,19 +177,12 @@ def collate_voxels(frames: Iterable[LidarFrame]) -> dict[str, torch.Tensor]:
         gt_center[i, :n] = f.labels["center"]
         gt_size[i, :n] = f.labels["size"]
         gt_yaw[i, :n] = f.labels["yaw"]
-    return {
-        "voxel_features": torch.from_numpy(np.concatenate([f.voxel_features for f in frames])),
-        "coors": torch.from_numpy(np.concatenate(coords)),
-        "batch_size": torch.tensor(b, dtype=torch.int64),
-        "gt_cls": torch.from_numpy(gt_cls),
-        "gt_center": torch.from_numpy(gt_center),
-        "gt_size": torch.from_numpy(gt_size),
-        "gt_yaw": torch.from_numpy(gt_yaw),
-    }
+    return {"gt_cls": torch.from_numpy(gt_cls), "gt_center": torch.from_numpy(gt_center),
+            "gt_size": torch.from_numpy(gt_size), "gt_yaw": torch.from_numpy(gt_yaw)}
 
 
 __all__ = [
     "CLASSES", "LidarFrame", "NUM_POINT_FEATURES", "PC_RANGE", "SPATIAL_SHAPE", "SPLIT_BASES",
-    "VOXEL_SIZE", "collate_voxels", "in_grid", "make_frame", "scan", "scene_labels", "split_seeds",
+    "VOXEL_SIZE", "collate_voxels", "in_grid", "make_frame", "padded_labels", "scan", "scene_labels", "split_seeds",
     "voxelize",
 ]

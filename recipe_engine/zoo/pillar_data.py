@@ -20,7 +20,7 @@ import torch
 
 from .detection import render_targets
 from .geometry import Scene, SceneLayout, make_scene
-from .lidar import scan, scene_labels
+from .lidar import padded_labels, scan, scene_labels
 from .metrics import BEVGrid
 
 PC_RANGE: tuple[float, ...] = (-51.2, -51.2, -3.0, 51.2, 51.2, 3.0)  # xmin, ymin, zmin, xmax, ymax, zmax
@@ -82,27 +82,13 @@ def collate(frames: Iterable[PillarFrame]) -> dict[str, torch.Tensor]:
     offsets = np.cumsum([0] + [len(f.pillar_coords) for f in frames])
     coors = [np.concatenate([np.full((len(f.pillar_coords), 1), i, np.int32), f.pillar_coords], axis=1)
              for i, f in enumerate(frames)]
-    m = max([1] + [len(f.labels["cls"]) for f in frames])
-    gt_cls = np.full((b, m), -1, np.int64)
-    gt_center = np.zeros((b, m, 2), np.float32)
-    gt_size = np.zeros((b, m, 2), np.float32)
-    gt_yaw = np.zeros((b, m), np.float32)
-    for i, f in enumerate(frames):
-        n = len(f.labels["cls"])
-        gt_cls[i, :n] = f.labels["cls"]
-        gt_center[i, :n] = f.labels["center"]
-        gt_size[i, :n] = f.labels["size"]
-        gt_yaw[i, :n] = f.labels["yaw"]
     batch = {
         "points": torch.from_numpy(np.concatenate([f.points for f in frames])),
         "point_pillar": torch.from_numpy(np.concatenate([f.point_pillar + o for f, o in zip(frames, offsets,
                                                                                             strict=False)])),
         "pillar_coors": torch.from_numpy(np.concatenate(coors)),
         "batch_size": torch.tensor(b, dtype=torch.int64),
-        "gt_cls": torch.from_numpy(gt_cls),
-        "gt_center": torch.from_numpy(gt_center),
-        "gt_size": torch.from_numpy(gt_size),
-        "gt_yaw": torch.from_numpy(gt_yaw),
+        **padded_labels(frames),
     }
     batch.update(render_targets(batch["gt_cls"], batch["gt_center"], batch["gt_size"], OUTPUT_GRID))
     return batch
