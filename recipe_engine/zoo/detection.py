@@ -112,15 +112,17 @@ def chunk(seeds: Sequence[int], batch_size: int) -> list[list[int]]:
 
 @torch.no_grad()
 def evaluate_detector(model: nn.Module, loader: Sequence[Batch],
-                      forward_batch: Callable[[nn.Module, Batch], torch.Tensor]) -> dict[str, float]:
+                      forward_batch: Callable[[nn.Module, Batch], torch.Tensor], grid: BEVGrid = OUTPUT_GRID,
+                      top_k: int = 64) -> dict[str, float]:
     """Run ``model`` in eval mode over ``loader`` and return BEV centre mAP (``"mAP"``, [0, 100])
-    plus per-class APs (``"AP_car"`` ...). The model's train/eval mode is restored afterwards."""
+    plus per-class APs (``"AP_car"`` ...), keeping the ``top_k`` peaks per scene of the ``grid``
+    output map. The model's train/eval mode is restored afterwards."""
     was_training = model.training
     model.eval()
     dets, gt_cls, gt_center = [], [], []
     try:
         for batch in loader:
-            dets += decode_centers(forward_batch(model, batch), NUM_CLASSES, OUTPUT_GRID)
+            dets += decode_centers(forward_batch(model, batch), NUM_CLASSES, grid, top_k=top_k)
             for c, ctr in zip(batch["gt_cls"].numpy(), batch["gt_center"].numpy(), strict=True):
                 gt_cls.append(c[c >= 0])
                 gt_center.append(ctr[c >= 0])
