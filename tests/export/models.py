@@ -257,3 +257,25 @@ SKIP_UNET_RECIPE = {
     "disable": ["stem.*"],
     "calibration": {"method": "max"},
 }
+
+
+# ----------------------------------------------------------------------------- zoo recipes
+def prepared_zoo_recipe(name: str, overrides: list[str]):
+    """``recipes/<name>.yaml`` loaded with ``overrides``, its model built and prepared (fused, quantized,
+    calibrated) on its calibration data: ``(loaded, model, batches, forward)``; skips without the checkpoint."""
+    import pytest
+
+    from recipe_engine import data as data_mod
+    from recipe_engine.pipeline import prepare
+    from recipe_engine.recipe.loader import load_recipe
+    from recipe_engine.zoo.checkpoint import checkpoint_path
+    from tests.conftest import RECIPES
+
+    if not checkpoint_path(name.split("_")[0]).is_file():
+        pytest.skip(f"zoo checkpoint of {name} is not available")
+    loaded = load_recipe(RECIPES / f"{name}.yaml", overrides=overrides)
+    model = data_mod.build_model(loaded)
+    batches = data_mod.make_data(loaded, "calibration")
+    forward = data_mod.forward_fn(loaded)
+    prepare(model, loaded, batches, forward)
+    return loaded, model, batches, forward

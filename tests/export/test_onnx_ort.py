@@ -9,30 +9,17 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from recipe_engine import data as data_mod
 from recipe_engine.export.onnx_ort import place_for_onnxruntime
 from recipe_engine.export.onnx_qdq import export_qdq
 from recipe_engine.export.ort_verify import check_against_fp32, fused_ops
 from recipe_engine.export.quantizers import quantizers_off
 from recipe_engine.export.runner import export
 from recipe_engine.export.verify import run_onnxruntime
-from recipe_engine.pipeline import prepare
 from recipe_engine.quant.apply import get_state
 from recipe_engine.recipe.errors import RecipeError
 from recipe_engine.recipe.loader import load_recipe
-from recipe_engine.zoo.checkpoint import checkpoint_path
 from tests.conftest import RECIPES
-
-
-def _prepared(name: str, overrides: list[str]):
-    if not checkpoint_path(name.split("_")[0]).is_file():
-        pytest.skip(f"zoo checkpoint of {name} is not available")
-    loaded = load_recipe(RECIPES / f"{name}.yaml", overrides=overrides)
-    model = data_mod.build_model(loaded)
-    batches = data_mod.make_data(loaded, "calibration")
-    forward = data_mod.forward_fn(loaded)
-    prepare(model, loaded, batches, forward)
-    return loaded, model, batches, forward
+from tests.export.models import prepared_zoo_recipe as _prepared
 
 
 def test_digits_runs_integer_kernels_and_keeps_fp32_fidelity(tmp_path) -> None:
