@@ -4,10 +4,12 @@ What a user of ``nvidia-modelopt`` does with no tuning: ``mtq.quantize(model, IN
 forward_loop)`` on the FP32 model (``recipe_engine.zoo.pointpillars:build(pretrained=True)``), then
 evaluate. modelopt's choices, all its defaults (modelopt 0.47):
 
-* ``INT8_DEFAULT_CFG``: every ``*weight_quantizer`` 8 bit per output channel (``axis: 0``; modelopt's
-  ``QuantConvTranspose2d`` moves it to the deconvolution's output axis itself), every ``*input_quantizer``
-  8 bit per tensor, ``algorithm: max`` (amax = the largest magnitude seen in calibration, no histogram);
-  quantizers of BatchNorm modules are off.
+* ``INT8_DEFAULT_CFG``: every ``*weight_quantizer`` 8 bit with one scale per index of ``axis: 0`` (the
+  output channel of Linear/Conv2d; for the FPN ``ConvTranspose2d``, weight ``[in, out, kh, kw]``, the
+  *input* channel: the config's axis is used as given, amax shape ``[in, 1, 1, 1]``), every
+  ``*input_quantizer`` 8 bit per tensor, ``algorithm: max`` (amax = the largest magnitude seen in
+  calibration, no histogram); quantizers of BatchNorm modules are off. 32 quantizers end up enabled
+  (input + weight of 16 layers).
 * modelopt replaces every registered module (here the PFN ``Linear``, the SECOND/head ``Conv2d`` and the
   FPN ``ConvTranspose2d``) with its quantized class; BatchNorm is **not** folded (the weights are
   quantized as trained, before BN) and the FPN concat has no quantizer of its own (the head conv's input
@@ -19,6 +21,10 @@ Data are the recipe's: ``calibration_data(count=32, seed=seed)`` (4 scenes per b
 evaluated with ``pointpillars.evaluate`` on ``val_data()`` and ``test_data()`` (48 scenes each).
 ``seconds`` is the wall time of ``mtq.quantize`` (module replacement + calibration forward passes);
 the calibration scenes are generated before the clock starts.
+
+Measured (modelopt 0.47.0, CPU, 1 thread, calibration seeds 0 / 1 / 2): test mAP 73.62 / 73.52 / 73.57
+(mean 73.57, range 0.10), val 74.60 / 74.38 / 74.56 (mean 74.51, range 0.23); ``mtq.quantize`` 0.6-0.9 s.
+FP32 is 85.16 test / 84.70 val.
 
 ``benchmarks/accuracy.py`` calls :func:`run`; ``python benchmarks/accuracy_parts/modelopt_pointpillars.py``
 prints the table over calibration seeds 0, 1, 2.
