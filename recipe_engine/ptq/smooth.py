@@ -33,7 +33,7 @@ from . import input_scale
 from .cle import quantizers_off
 from .context import Layer, PtqContext, capture, outputs_of, relative_error, run_module
 from .settings import SmoothStep
-from .weights import fresh_amax, from_oi, layout, oi_view, weight_view
+from .weights import fresh_amax, from_oi, histogram, layout, oi_view, weight_view
 
 
 def refusal(ctx: PtqContext, layer: Layer, sharing: dict[int, list[str]]) -> str | None:
@@ -117,8 +117,21 @@ class _Smoother:
         input_scale.install(self.q_in, inverse)
         seen = [x * inverse.to(x.dtype) for x in self.calib_inputs]
         backend.set_amax(self.q_in, fresh_amax(self.q_in, seen, ctx.method_of(self.q_in), ctx.calibration))
+        self.seen = seen
         view = weight_view(module, module.weight.detach())
         backend.set_amax(self.q_w, fresh_amax(self.q_w, [view], ctx.method_of(self.q_w), ctx.calibration))
+
+    def refresh_statistics(self) -> None:
+        """The input quantizer's calibration statistics of what it now sees (the report's histograms and
+        clipping figures read them; the ones calibration collected are of the unscaled input)."""
+        stats = backend.calibration_statistics(self.q_in)
+        if not stats:
+            return
+        if "hist" in stats:
+            fresh = histogram(self.seen, int(stats["hist"].numel()), getattr(self.ctx.calibration, "skip_zeros", False))
+        else:
+            fresh = {"amax": torch.stack([x.detach().abs().amax() for x in self.seen]).amax().to(stats["amax"])}
+        backend.load_calibration_statistics(self.q_in, {**stats, **fresh})
 
     def restore(self) -> None:
         with torch.no_grad():
@@ -168,6 +181,7 @@ def smooth(ctx: PtqContext, settings: SmoothStep) -> dict:
             results.append({"layer": layer.name, "alpha": None, "error_before": before, "error_after": before})
             continue
         smoother.apply(best[1])
+        smoother.refresh_statistics()
         results.append({"layer": layer.name, "alpha": best[0], "error_before": before, "error_after": best_error,
                         "scale_min": float(best[1].min()), "scale_max": float(best[1].max())})
     ctx.refresh_reference()

@@ -59,6 +59,9 @@ def test_smooth_keeps_fp32_and_cuts_the_first_layer_error(which) -> None:
     assert _relative_change(fp32_copy(model), fp32, calib + held_out) < 1e-5  # the FP32 function is unchanged
     inverse = input_scale.inverse_scale(backend.module_quantizer(model[0], "input"))
     assert inverse.shape == (9,) and float(inverse.max() / inverse.min()) > 10  # per input channel
+    # the report's histogram: what the quantizer now sees (the runner hands the step max(batches, calibration.batches))
+    stats = backend.calibration_statistics(backend.module_quantizer(model[0], "input"))
+    assert float(stats["edges"][-1]) == pytest.approx(max(float((x * inverse).abs().max()) for x in calib[:2]), rel=1e-5)
 
 
 def test_smooth_conv_and_conv_transpose_layouts_keep_fp32() -> None:
