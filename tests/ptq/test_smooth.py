@@ -157,7 +157,8 @@ def test_pointpillars_pfn_layer_error_drops_and_its_export_verifies(tmp_path) ->
 
     loaded, model, batches, forward = prepared_zoo_recipe("pointpillars_int8", [
         "vars.calib_batches=2", "data.calibration.kwargs.count=8",
-        "export=[{format: onnx-qdq, module: pillar_net.pfn, path: pfn.onnx, opset: 17}]"])
+        "export=[{format: onnx-qdq, module: pillar_net.pfn, path: pfn.onnx, opset: 17},"
+        " {format: onnx-qdq, module: pillar_net.pfn, path: pfn_ort.onnx, opset: 17, target: onnxruntime}]"])
     fp32 = pointpillars.build(pretrained=True).eval()
     reference = fp32_copy(model)
     held_out = pointpillars.val_data(count=8)[:1]
@@ -170,7 +171,8 @@ def test_pointpillars_pfn_layer_error_drops_and_its_export_verifies(tmp_path) ->
     with torch.no_grad():
         out, ref = forward(fp32_copy(model), held_out[0]), forward(fp32, held_out[0])
     assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
-    result = run_exports(model, loaded, tmp_path, batches, forward)[0]
-    assert result["status"] == "ok", result
-    graph = onnx.load(tmp_path / "pfn.onnx").graph
-    assert [n.op_type for n in graph.node[:2]] == ["Mul", "QuantizeLinear"]  # 1/s on the raw features, then Q
+    results = run_exports(model, loaded, tmp_path, batches, forward)  # each run in onnxruntime, compared
+    assert [r["status"] for r in results] == ["ok", "ok"], results
+    for name in ("pfn.onnx", "pfn_ort.onnx"):
+        graph = onnx.load(tmp_path / name).graph
+        assert [n.op_type for n in graph.node[:2]] == ["Mul", "QuantizeLinear"], name  # 1/s on the raw features
