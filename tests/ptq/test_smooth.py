@@ -96,6 +96,11 @@ def test_model_pt_round_trip_reproduces_the_smoothed_model(tmp_path) -> None:
         for x in point_batches(2, 5):
             torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert _relative_change(fp32_copy(loaded), fp32, calib) < 1e-5
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)  # a scale on a module that is no quantizer
+    payload["state_dict"]["1." + input_scale.BUFFER] = payload["state_dict"].pop("0._input_quantizer." + input_scale.BUFFER)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(RecipeError, match=rf"bad.pt: 1.{input_scale.BUFFER}: .*'1', which is not a quantizer"):
+        re8.load_quantized(tmp_path / "bad.pt", model=pfn_like())
 
 
 def test_recipe_run_exports_the_scale_as_a_mul_and_verifies(tmp_path, write) -> None:
