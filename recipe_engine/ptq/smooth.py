@@ -29,6 +29,7 @@ from torch import nn
 
 from ..quant import backend
 from ..recipe.errors import RecipeError
+from ..util.progress import progress
 from . import input_scale
 from .cle import quantizers_off
 from .context import Layer, PtqContext, capture, outputs_of, relative_error, run_module
@@ -45,9 +46,9 @@ def refusal(ctx: PtqContext, layer: Layer, sharing: dict[int, list[str]]) -> str
         return "not a dense Linear/Conv/ConvTranspose with groups=1"
     q_in, q_w = layer.quantizer("input"), layer.quantizer("weight")
     if q_w is None or not backend.is_enabled(q_w):
-        return "without an enabled weight quantizer"
+        return "a layer without an enabled weight quantizer"
     if len(sharing.get(id(q_in), [])) > 1:
-        return "reading its input through a shared quantizer (" + ", ".join(sharing[id(q_in)][:3]) + ")"
+        return "a layer that reads its input through a shared quantizer (" + ", ".join(sharing[id(q_in)][:3]) + ")"
     if ctx.state.is_fixed(q_in) or ctx.state.is_fixed(q_w):
         return "a layer with a fixed amax"
     if backend.describe(q_in).get("axis") is not None:
@@ -94,8 +95,9 @@ class _Smoother:
         self.amax = (backend.get_amax(self.q_in).detach().clone(), backend.get_amax(self.q_w).detach().clone())
         self.calib_inputs = calib_inputs  # FP32 model, the layer's own input (before any scale)
         self.records, self.targets = records, targets
-        base = torch.ones(self.weight.shape[1 if layout(self.module) != "transposed" else 0], dtype=torch.float64)
-        self.base_inverse = base if self.inverse is None else self.inverse.double().flatten()
+        channels = self.weight.shape[1 if layout(self.module) != "transposed" else 0]
+        base = torch.ones(channels, dtype=torch.float64, device=self.weight.device)
+        self.base_inverse = base if self.inverse is None else self.inverse.double().flatten().to(base.device)
         seen = [x.double() * _shaped(self.module, self.base_inverse).to(x.device) for x in calib_inputs]
         self.amax_x = channel_amax(seen, _input_axis(self.module))
         self.amax_w = oi_view(self.module, self.weight.double()).abs().amax(dim=(0, 2))
@@ -162,7 +164,7 @@ def smooth(ctx: PtqContext, settings: SmoothStep) -> dict:
     names = [layer.name for layer in chosen]
     reference = capture(ctx.reference, ctx.forward, batches, names, what=ctx.label) if names else {}
     results = []
-    for layer in chosen:
+    for layer in progress(chosen, total=len(chosen), description=f"{ctx.label} smooth", enabled=ctx.show_progress):
         with quantizers_off(ctx):  # statistics of the FP32 function, as calibration collects them
             fp32 = capture(ctx.model, ctx.forward, calib_batches, [layer.name], what=ctx.label)[layer.name]
         records = capture(ctx.model, ctx.forward, batches, [layer.name], what=ctx.label)[layer.name]
