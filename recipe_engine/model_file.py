@@ -14,6 +14,7 @@ from torch import nn
 
 from . import data as data_mod
 from .application import apply_loaded
+from .ptq.input_scale import restore as restore_input_scales
 from .quant import backend
 from .quant.apply import get_state
 from .recipe.errors import RecipeError
@@ -101,6 +102,7 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, *,
     guard = contextlib.nullcontext() if trust_recipe else imports_refused(f"{path}'s recipe")
     with guard:
         apply_loaded(model, loaded, None, data_mod.default_forward, payload["op_sites"])
+    restore_input_scales(model, payload["state_dict"], str(path))  # the ptq `smooth` step's 1/s buffers
     state = get_state(model)
     backend.load_state_dict(model, payload["state_dict"], strict=True, backend=state.backend)  # amax on CPU
     for name in payload["disabled"]:

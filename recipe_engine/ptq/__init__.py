@@ -2,7 +2,8 @@
 
 One module per algorithm, each registered by name with its settings model
 (:func:`register`, ``settings.py``): ``bias_correction``, ``cle`` (cross-layer equalisation),
-``adaround``, ``brecq`` (block reconstruction) and ``range_search``. They reach the quantizers only
+``adaround``, ``brecq`` (block reconstruction), ``range_search`` and ``smooth`` (SmoothQuant-style
+scale migration into the weights). They reach the quantizers only
 through :mod:`recipe_engine.quant.backend`, so they run on every backend. This package's own
 import stays free of torch (the recipe schema imports :mod:`.settings`); :func:`run` imports the
 steps when called.

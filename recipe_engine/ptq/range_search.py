@@ -16,6 +16,7 @@ import torch
 
 from ..quant import backend
 from .context import Layer, PtqContext, capture, outputs_of, relative_error, run_module
+from .input_scale import seen_by
 from .settings import RangeSearchStep
 
 
@@ -51,7 +52,8 @@ def range_search(ctx: PtqContext, settings: RangeSearchStep) -> dict:
             skipped.append(label)
             continue
         inputs = capture(ctx.model, ctx.forward, batches, [m.name for m in members], what=ctx.label)
-        top = max(float(_first_tensor(r).detach().abs().max()) for m in members for r in inputs[m.name])
+        top = max(float(seen_by(quantizer, _first_tensor(r)).detach().abs().max())  # after a smooth scale
+                  for m in members for r in inputs[m.name])
         if top <= 0:
             skipped.append(label)
             continue

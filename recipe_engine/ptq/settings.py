@@ -106,3 +106,30 @@ class RangeSearchStep(StepSettings):
         0.2, gt=0, lt=1, title="Smallest ratio", description="Candidates run from min_ratio * max to max.")
 
 
+class SmoothStep(StepSettings):
+    """SmoothQuant-style scale migration: per input channel, part of the activation's range moves into the weight."""
+
+    step: Literal["smooth"] = Field(title="Step")
+    alpha: float | list[float] = Field(
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        title="Migration strength",
+        description="s_j = amax_x[j]^alpha / amax_w[j]^(1 - alpha) for input channel j; one value, or candidates "
+        "from which each layer takes the one with the lowest error of its INT8 output on the calibration batches "
+        "(a layer no candidate improves is left as it was).")
+    max_scale: float = Field(
+        1e4, gt=1, title="Largest scale", description="Per-channel scales are clamped to [1/max_scale, max_scale].")
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, value: float | list[float]) -> float | list[float]:
+        values = [value] if isinstance(value, (int, float)) else value
+        if not values:
+            raise ValueError("give at least one alpha (e.g. 0.5, or [0.25, 0.5, 0.75])")
+        for item in values:
+            if not 0.0 <= item <= 1.0:
+                raise ValueError(f"alpha {item} is outside [0, 1] (0 gives each weight input channel the range 1, "
+                                 "1 each input channel)")
+        return value
+
+    def candidates(self) -> list[float]:
+        return [float(self.alpha)] if isinstance(self.alpha, (int, float)) else [float(a) for a in self.alpha]

@@ -160,14 +160,17 @@ def fresh_amax(quantizer: nn.Module, tensors: Sequence[torch.Tensor], method: st
     axis = _axis(info)
     if info["calibrator"] != "histogram" or method == "max" or axis is not None:
         return _abs_max(tensors, axis)
+    stats = histogram(tensors, int(getattr(calibration, "num_bins", 2048)), getattr(calibration, "skip_zeros", False))
+    return amax_from_statistics(stats, method, int(info["num_bits"]), bool(info["unsigned"]), calibration)
+
+
+def histogram(tensors: Sequence[torch.Tensor], bins: int, skip_zeros: bool = False) -> dict[str, torch.Tensor]:
+    """``{"hist", "edges"}`` of ``|tensors|`` over ``[0, max]``, as the histogram calibrators keep them."""
     top = float(_abs_max(tensors, None))
-    bins = int(getattr(calibration, "num_bins", 2048))
     hist = torch.zeros(bins, dtype=torch.float64)
     for tensor in tensors:
         values = tensor.detach().abs().float().flatten()
-        if getattr(calibration, "skip_zeros", False):
+        if skip_zeros:
             values = values[values != 0]
         hist += torch.histc(values, bins=bins, min=0.0, max=top).double()
-    edges = torch.linspace(0.0, top, bins + 1)
-    return amax_from_statistics({"hist": hist, "edges": edges}, method, int(info["num_bits"]),
-                                bool(info["unsigned"]), calibration)
+    return {"hist": hist, "edges": torch.linspace(0.0, top, bins + 1)}
