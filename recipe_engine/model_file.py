@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from . import backends
 from . import data as data_mod
 from .application import apply_loaded
 from .ptq.input_scale import restore as restore_input_scales
@@ -99,6 +100,8 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, *,
         model = import_callable(spec.model.factory, what="model.factory")(**spec.model.kwargs)
     if not isinstance(model, nn.Module):
         raise RecipeError(f"{path}: model= must be an nn.Module, got {type(model).__name__}")
+    # The backend is the engine's own code: load it (and what its library imports) before the guard.
+    backends.get(spec.backend)
     guard = contextlib.nullcontext() if trust_recipe else imports_refused(f"{path}'s recipe")
     with guard:
         apply_loaded(model, loaded, None, data_mod.default_forward, payload["op_sites"])

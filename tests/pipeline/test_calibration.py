@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,3 +88,32 @@ def test_save_load_round_trip_is_identical_on_cpu(tmp_path) -> None:
     assert state.disabled == ["lateral.input", "lateral.weight"]
     assert not backend.is_enabled(state.quantizers["lateral.weight"])
     assert torch.load(tmp_path / "model.pt", weights_only=True)["format"] == "recipe-engine/model/1"
+
+
+def test_load_in_a_fresh_interpreter(tmp_path) -> None:
+    """A new process that never imported the backend's library loads model.pt (the import guard used to
+    refuse what pytorch-quantization itself imports, e.g. absl)."""
+    import subprocess
+    import sys
+
+    model = build_dense()
+    batches = dense_batches()
+    apply(model, RECIPE, batches)
+    calibrate(model, RECIPE, batches)
+    with torch.no_grad():
+        expected = model(batches[0])
+    save_quantized(model, tmp_path / "model.pt", RECIPE)
+    torch.save(batches[0], tmp_path / "x.pt")
+    torch.save(expected, tmp_path / "y.pt")
+    script = (
+        "import sys, torch\n"
+        "from recipe_engine.model_file import load_quantized\n"
+        "from tests.helpers import build_dense\n"
+        "m = load_quantized(sys.argv[1] + '/model.pt', model=build_dense())\n"
+        "with torch.no_grad():\n"
+        "    got = m(torch.load(sys.argv[1] + '/x.pt'))\n"
+        "print('equal', torch.equal(got, torch.load(sys.argv[1] + '/y.pt')))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "equal True" in done.stdout
