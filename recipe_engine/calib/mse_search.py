@@ -20,7 +20,7 @@ bin by bin with the exact float32 level test ``rint(c[j] * scale) >= k``.
 
 Fewer candidates (branch and bound): every run's error is ``>= 0``, so the runs of the lowest ``m``
 levels plus the top (clipped) run are a lower bound of ``E``. A coarse set of candidates is evaluated in
-full (upper bound ``U``); then the bound is deepened, ``m = 4, 16, 64``, for the candidates it does not
+full (upper bound ``U``); then the bound is deepened, ``m = 4, 8, 16, 32, 64``, for the candidates it does not
 exclude yet (each deepening adds runs to the partial sum, nothing is recomputed), and only the rest are
 finished. Calibration histograms have their mass near 0, so for a large ``amax`` the first levels already
 hold almost all of the error and most candidates stop after a few runs.
@@ -46,7 +46,7 @@ _EPS64 = float(np.finfo(np.float64).eps)
 # ``q - c``, rounded once: <= 2**-23 relative per bin; 2.4e-7 on an error) -- with a factor 4 margin.
 _REL_TOL = 1e-6
 # Deepening schedule of the lower bound (levels summed from the bottom) before finishing a candidate.
-_DEPTHS = (4, 16, 64)
+_DEPTHS = (4, 8, 16, 32, 64)
 # Candidates evaluated in full first (evenly spaced) to get the upper bound.
 _COARSE = 48
 # Element budget of one (candidates x levels) block: cache-resident numpy temporaries.
