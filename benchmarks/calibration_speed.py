@@ -1,6 +1,7 @@
-"""Statistics collection vs the FP32 forward on the zoo CenterPoint, before/after, in one process.
+"""Statistics collection vs the FP32 forward on the zoo (or real-scale) CenterPoint, before/after, in one process.
 
     .venv/bin/python benchmarks/calibration_speed.py [--repeats 5] [--threads 1] [--count 16 --batch-size 4]
+    .venv/bin/python benchmarks/calibration_speed.py --real-scale [--count 2 --batch-size 1 --voxels 90000]
 
 Rows, each the median of ``--repeats`` (wall and process CPU time), measured round-robin in one process:
 the FP32 model's forward over the calibration batches; ``collect_statistics`` with pytorch-quantization's
@@ -30,13 +31,47 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def real_scale_setup(batch_size: int, voxels: int, count: int):
+    """(recipe, batches, forward, FP32 model, model to quantize) of ``benchmarks/real_scale.py``."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import real_scale
+
+    from recipe_engine.recipe.loader import load_recipe
+
+    batches = [real_scale.make_batch(batch_size, seed, voxels) for seed in range(count)]
+    torch.manual_seed(0)
+    fp32 = real_scale.build()
+    for module in fp32.modules():  # BN statistics from one training-mode forward, as real_scale.py
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = 1.0
+    fp32.train()
+    with torch.no_grad():
+        real_scale.forward_batch(fp32, batches[0])
+    fp32.eval()
+    model = real_scale.build()
+    model.load_state_dict(fp32.state_dict())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "recipe.yaml")
+        path.write_text(real_scale.RECIPE.format(root=ROOT, batches=count, export=""))
+        loaded = load_recipe(path)
+    return loaded, batches, real_scale.forward_batch, fp32, model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--count", type=int, default=16, help="calibration scenes")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--count", type=int, default=None, help="calibration scenes (real scale: batches; 16 / 2)")
+    parser.add_argument("--batch-size", type=int, default=None, help="frames per batch (4; real scale 1)")
+    parser.add_argument("--real-scale", action="store_true",
+                        help="benchmarks/real_scale.py's nuScenes-sized CenterPoint instead (--count batches of "
+                             "--batch-size frames, --voxels voxels per frame)")
+    parser.add_argument("--voxels", type=int, default=90000)
     args = parser.parse_args()
+    args.count = args.count or (2 if args.real_scale else 16)
+    args.batch_size = args.batch_size or (1 if args.real_scale else 4)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("RECIPE_NO_PROGRESS", "1")
     from pytorch_quantization.calib import HistogramCalibrator, MaxCalibrator
@@ -53,15 +88,20 @@ def main() -> None:
     from recipe_engine.quant.apply import get_state
     from recipe_engine.recipe.loader import load_recipe
 
-    count = args.count // args.batch_size
-    loaded = load_recipe(ROOT / "recipes" / "centerpoint_int8.yaml", overrides=[
-        f"data.calibration.kwargs.count={args.count}", f"data.calibration.kwargs.batch_size={args.batch_size}",
-        f"calibration.batches={count}", "export=[]"])
-    batches = list(data_mod.make_data(loaded, "calibration"))
-    forward = data_mod.forward_fn(loaded)
-    fp32 = data_mod.build_model(loaded).eval()
-    model = data_mod.build_model(loaded).eval()
-    apply(model, loaded, batches, forward)
+    if args.real_scale:
+        count = args.count
+        loaded, batches, forward, fp32, model = real_scale_setup(args.batch_size, args.voxels, count)
+        apply(model, loaded, batches[:1], forward)
+    else:
+        count = args.count // args.batch_size
+        loaded = load_recipe(ROOT / "recipes" / "centerpoint_int8.yaml", overrides=[
+            f"data.calibration.kwargs.count={args.count}", f"data.calibration.kwargs.batch_size={args.batch_size}",
+            f"calibration.batches={count}", "export=[]"])
+        batches = list(data_mod.make_data(loaded, "calibration"))
+        forward = data_mod.forward_fn(loaded)
+        fp32 = data_mod.build_model(loaded).eval()
+        model = data_mod.build_model(loaded).eval()
+        apply(model, loaded, batches, forward)
     state = get_state(model)
     ours, ours_max = FastHistogramCalibrator.collect, FastMaxCalibrator.collect
 
@@ -126,7 +166,8 @@ def main() -> None:
 
     voxels = sum(len(b["voxel_features"]) for b in batches) // len(batches)
     load = os.getloadavg()[0]
-    print(f"zoo CenterPoint, {len(batches)} batches of ~{voxels} voxels, torch {torch.__version__}, {args.threads} "
+    what = "real-scale (nuScenes-sized) CenterPoint" if args.real_scale else "zoo CenterPoint"
+    print(f"{what}, {len(batches)} batches of ~{voxels} voxels, torch {torch.__version__}, {args.threads} "
           f"thread(s), {os.cpu_count()} CPUs, load average {load:.1f} at the end; median of {args.repeats}\n")
     print("| what | wall s | / FP32 | CPU s | / FP32 |")
     print("|---|---:|---:|---:|---:|")

@@ -25,8 +25,8 @@ exclude yet (each deepening adds runs to the partial sum, nothing is recomputed)
 finished. Calibration histograms have their mass near 0, so for a large ``amax`` the first levels already
 hold almost all of the error and most candidates stop after a few runs.
 
-Exactness: prefix sums are accumulated in extended precision, then float64; ``tol_abs`` bounds the float64
-rounding of a run-sum error and ``_REL_TOL`` covers the float32 rounding of ``q - c`` in the reference.
+Exactness: prefix sums are accumulated in extended precision (where NumPy has it), then float64; ``tol_abs``
+bounds the rounding of a run-sum error and ``_REL_TOL`` covers the float32 rounding of ``q - c`` in the reference.
 Every candidate whose run-sum error is within those tolerances of the minimum (and none that the bound
 excludes could be) is re-evaluated with :func:`dense_errors`, and its first minimum is returned: the same
 candidate the dense search over all candidates picks.
@@ -164,7 +164,8 @@ class _Search:
         a64 = np.where(self.zero, 0.0, amax.astype(np.float64)) * (1 + 1e-6)
         levels = int(runs.hi) - runs.k_low + 1
         total = runs.p2[n] + 2 * a64 * runs.abs1 + a64 * a64 * runs.p0[n]
-        self.tol_abs = 16.0 * (levels + 2) * _EPS64 * total
+        cumsum_ulps = n * float(np.finfo(np.longdouble).eps) / _EPS64  # ~n / 2048 (x86), n where float64
+        self.tol_abs = 16.0 * (levels + 2 + cumsum_ulps) * _EPS64 * total
         self.done = np.zeros(count, dtype=bool)
         self.error = np.full(count, np.inf)
         # amax ~ 0: every centre quantises to 0.
@@ -222,20 +223,24 @@ def _candidate_errors(counts: np.ndarray, centers: np.ndarray, cand: np.ndarray,
     search.deepen(coarse, None)
     alive = np.flatnonzero(~search.done)
     for depth in (*_DEPTHS, None):
-        best = search.error.min()
-        slack = best * (1 + 2 * _REL_TOL) + 2 * search.tol_abs[alive]
-        alive = alive[search.lower_bound(alive) <= slack]
+        limit = _limit(search.error, search.tol_abs)
+        alive = alive[search.lower_bound(alive) - search.tol_abs[alive] <= limit]
         if not alive.size:
             break
         search.deepen(alive, depth)
     return search.error, search.tol_abs, search.done
 
 
+def _limit(errors: np.ndarray, tol_abs: np.ndarray) -> float:
+    """Above this, a candidate's run-sum error minus its tolerance cannot be the reference's minimum: the
+    smallest certain upper bound of an exact error, widened by the reference's float32 rounding."""
+    return float(np.min(errors + tol_abs)) * (1 + _REL_TOL)
+
+
 def mse_best(counts: np.ndarray, centers: np.ndarray, cand: np.ndarray, max_bound: float, min_bound: float) -> int:
     """Index into ``cand`` of the first candidate minimising :func:`dense_errors` (see the module docstring)."""
     errors, tol_abs, _ = _candidate_errors(counts, centers, cand, max_bound, min_bound)
-    best = errors.min()
-    short = np.flatnonzero(errors <= best * (1 + _REL_TOL) + tol_abs)
+    short = np.flatnonzero(errors - tol_abs <= _limit(errors, tol_abs))
     exact = dense_errors(counts, centers, cand[short], max_bound, min_bound)
     return int(short[np.argmin(exact)])
 

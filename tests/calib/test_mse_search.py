@@ -112,6 +112,31 @@ def test_mse_amax_matches_upstream(case) -> None:
         assert e_ours == pytest.approx(e_theirs, rel=1e-6, abs=0), name
 
 
+def test_random_histograms_pick_the_dense_reference_argmin() -> None:
+    """Many small random histograms: shapes, empty bins, bit widths, signedness, start_bin and stride."""
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        n = int(rng.integers(40, 500))
+        kind = trial % 4
+        if kind == 0:
+            counts = rng.integers(0, 1000, n)
+        elif kind == 1:
+            counts = np.histogram(np.abs(rng.laplace(size=5000)), bins=n)[0]
+        elif kind == 2:
+            counts = rng.integers(0, 3, n) * rng.integers(0, 2, n)  # mostly empty, small counts: ties
+        else:
+            counts = np.zeros(n, dtype=np.int64)
+            counts[rng.integers(0, n, 3)] = rng.integers(1, 10**7, 3)
+        if not counts.any():
+            counts[0] = 1
+        edges = np.linspace(0, float(rng.uniform(1e-3, 1e3)), n + 1, dtype=np.float32)
+        num_bits = int(rng.choice([4, 6, 8]))
+        unsigned = bool(rng.integers(0, 2))
+        cand = np.arange(int(rng.integers(0, n // 2)), n, int(rng.integers(1, 4)))
+        best = mse_search.mse_best(counts.astype(np.float64), _centers(edges), cand, *_bounds(num_bits, unsigned))
+        assert best == _dense_best(counts, edges, cand, num_bits, unsigned), trial
+
+
 def test_negative_candidate_amax_is_refused() -> None:
     with pytest.raises(ValueError, match="negative"):
         mse_amax(np.ones(800), np.linspace(-2, 2, 801, dtype=np.float32), start_bin=128)
