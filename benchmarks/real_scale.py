@@ -1,6 +1,7 @@
 """A nuScenes-sized CenterPoint through every stage of the engine: time and peak memory per stage.
 
     .venv/bin/python benchmarks/real_scale.py [--batches 1 4] [--voxels 90000] [--threads 1] [--profile]
+                                              [--save-histograms PATH]
 
 Model (random weights; BN statistics set by one training-mode forward, so activations keep their scale
 through depth): the zoo's ``SparseEncoder`` on nuScenes' grid -- 1440 x 1440 x 41 cells of 0.075 m (x, y)
@@ -20,7 +21,10 @@ points are voxelised on the nuScenes grid (mean of the points per voxel) and the
 way). Every stage is one call of the engine's own functions; each batch size runs in its own process
 (``--child``), which reports wall time and the peak resident memory above the stage's start, sampled every
 2 ms from ``/proc/self/statm`` (tracemalloc does not see torch's allocations), plus ``ru_maxrss``.
-``--profile`` adds the five functions with the most own time per stage (cProfile).
+``--profile`` adds the five functions with the most own time per stage (cProfile). ``--save-histograms PATH``
+writes the collected histograms (one batch size) for ``benchmarks/amax_search.py --histograms PATH``;
+``benchmarks/calibration_speed.py --real-scale`` compares statistics collection with the FP32 forward on
+this model, interleaved.
 """
 
 from __future__ import annotations
