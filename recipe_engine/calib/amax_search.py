@@ -71,6 +71,8 @@ class EmptyCalibratorError(ValueError):
 
 # Absolute/relative slack used to short-list entropy candidates for the exact re-evaluation.
 _KL_TOL = 1e-9
+# Elements (candidates x groups) of one block of the closed-form KL evaluation.
+_KL_BLOCK = 1 << 14
 # Edges within this fraction of a bin of the merge grid count as on it (float32 edges drift ~k * 2**-24 bins).
 _GRID_TOL = 1e-2
 
@@ -139,7 +141,8 @@ def _scalar(value: float, device: torch.device) -> torch.Tensor:
 # entropy
 # --------------------------------------------------------------------------------------------------------
 def _kl_closed_form(b: np.ndarray, cand: np.ndarray, nq: int) -> np.ndarray:
-    """KL(p || q) of every candidate from prefix sums; float64, +inf/NaN like upstream."""
+    """KL(p || q) of every candidate from prefix sums; float64, +inf/NaN like upstream. Candidates go in
+    blocks of ``_KL_BLOCK`` elements (candidates x groups), so that the temporaries stay in cache."""
     n = b.size
     nz = b > 0
     cum_b = np.concatenate(([0.0], np.cumsum(b)))
@@ -148,8 +151,13 @@ def _kl_closed_form(b: np.ndarray, cand: np.ndarray, nq: int) -> np.ndarray:
     blogb[nz] = b[nz] * np.log(b[nz])
     cum_l = np.concatenate(([0.0], np.cumsum(blogb)))
     tail = np.concatenate((np.cumsum(b[::-1])[::-1], [0.0]))  # tail[i] = sum(b[i:])
-    total = cum_b[n]
+    step = max(1, _KL_BLOCK // (nq + 1))
+    prefix = (b, cum_b, cum_z, cum_l, tail, cum_b[n])
+    return np.concatenate([_kl_block(prefix, cand[a:a + step], nq) for a in range(0, cand.size, step)])
 
+
+def _kl_block(prefix: tuple, cand: np.ndarray, nq: int) -> np.ndarray:
+    b, cum_b, cum_z, cum_l, tail, total = prefix
     i = cand.astype(np.int64)[:, None]  # (C, 1)
     g = np.arange(nq + 1, dtype=np.int64)[None, :]  # group boundaries 0..nq
     bounds = -((-g * i) // nq)  # ceil(g * i / nq): first bin of group g
