@@ -345,7 +345,7 @@ def main() -> None:
     print("| batch | stage | s | peak MiB above stage start | process RSS peak MiB | note |")
     print("|---:|---|---:|---:|---:|---|")
     for r in rows:
-        seconds = "-" if r["seconds"] != r["seconds"] else f"{r['seconds']:.1f}"
+        seconds = "-" if r["seconds"] != r["seconds"] else f"{r['seconds']:.{2 if r['seconds'] < 1 else 1}f}"
         peak = "-" if r["peak_mib"] != r["peak_mib"] else f"{r['peak_mib']:.0f}"
         print(f"| {r['batch']} | {r['stage']} | {seconds} | {peak} | {r['rss_mib']:.0f} | {r['note']} |")
     if args.profile:
