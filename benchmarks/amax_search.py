@@ -8,7 +8,11 @@ amax of every calibrator with upstream and with ours, and prints a markdown tabl
 Upstream's MSE path calls ``.cuda()`` (calib/histogram.py line 265); as in the tests, it is run on CPU
 with ``torch.Tensor.cuda`` temporarily patched to the identity, i.e. upstream's exact math on CPU.
 
+``--histograms PATH`` times the histograms a calibration really collected instead: the file
+``benchmarks/real_scale.py --save-histograms PATH`` writes (nuScenes-sized CenterPoint, 2k-10k bins).
+
 Usage: python benchmarks/amax_search.py [--quantizers 60] [--bins 2048] [--threads 1] [--repeat 3]
+       python benchmarks/amax_search.py --histograms /tmp/real_scale_b1.pt [--methods mse]
 """
 
 from __future__ import annotations
@@ -66,6 +70,17 @@ def build_calibrators(count: int, bins: int, seed: int = 0) -> list[HistogramCal
     return calibrators
 
 
+def load_calibrators(path: str) -> list[HistogramCalibrator]:
+    """Calibrators holding the histograms saved by ``real_scale.py --save-histograms``."""
+    calibrators = []
+    for saved in torch.load(path):
+        calibrator = HistogramCalibrator(saved["num_bits"], None, saved["unsigned"], num_bins=len(saved["hist"]))
+        calibrator._calib_hist = saved["hist"].float()
+        calibrator._calib_bin_edges = saved["edges"].float()
+        calibrators.append(calibrator)
+    return calibrators
+
+
 def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, float]:
     start = time.perf_counter()
     value = float(fn())
@@ -81,14 +96,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both implementations")
     parser.add_argument("--repeat", type=int, default=3, help="runs of ours per calibrator (best kept)")
     parser.add_argument("--methods", default="entropy,mse,percentile")
+    parser.add_argument("--histograms", default=None, metavar="PATH",
+                        help="histograms saved by real_scale.py --save-histograms (instead of generated ones)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    calibrators = build_calibrators(args.quantizers, args.bins)
+    calibrators = load_calibrators(args.histograms) if args.histograms else build_calibrators(args.quantizers, args.bins)
     sizes = [c._calib_hist.numel() for c in calibrators]
     print(
         f"{len(calibrators)} histogram calibrators, {min(sizes)}-{max(sizes)} bins "
-        f"({sum(s > args.bins for s in sizes)} grown), torch threads={args.threads}\n"
+        f"(median {sorted(sizes)[len(sizes) // 2]}, {sum(s > args.bins for s in sizes)} above {args.bins}), "
+        f"torch threads={args.threads}\n"
     )
     print("| method | upstream total s | ours total s | speed-up | max abs amax diff (bins) |")
     print("|---|---:|---:|---:|---:|")

@@ -1,6 +1,7 @@
 """A nuScenes-sized CenterPoint through every stage of the engine: time and peak memory per stage.
 
     .venv/bin/python benchmarks/real_scale.py [--batches 1 4] [--voxels 90000] [--threads 1] [--profile]
+                                              [--save-histograms PATH]
 
 Model (random weights; BN statistics set by one training-mode forward, so activations keep their scale
 through depth): the zoo's ``SparseEncoder`` on nuScenes' grid -- 1440 x 1440 x 41 cells of 0.075 m (x, y)
@@ -20,7 +21,10 @@ points are voxelised on the nuScenes grid (mean of the points per voxel) and the
 way). Every stage is one call of the engine's own functions; each batch size runs in its own process
 (``--child``), which reports wall time and the peak resident memory above the stage's start, sampled every
 2 ms from ``/proc/self/statm`` (tracemalloc does not see torch's allocations), plus ``ru_maxrss``.
-``--profile`` adds the five functions with the most own time per stage (cProfile).
+``--profile`` adds the five functions with the most own time per stage (cProfile). ``--save-histograms PATH``
+writes the collected histograms (one batch size) for ``benchmarks/amax_search.py --histograms PATH``;
+``benchmarks/calibration_speed.py --real-scale`` compares statistics collection with the FP32 forward on
+this model, interleaved.
 """
 
 from __future__ import annotations
@@ -193,7 +197,21 @@ export: [{export}]
 """
 
 
-def child(batch_size: int, voxels: int, calib_batches: int, profile: bool) -> list[dict]:
+def save_histograms(state, path: str) -> None:
+    """Every histogram quantizer's statistics (for ``benchmarks/amax_search.py --histograms``)."""
+    from recipe_engine.quant import backend
+
+    saved = []
+    for names, quantizer in state.unique():
+        stats = backend.calibration_statistics(quantizer)
+        if stats and "hist" in stats:
+            info = backend.describe(quantizer)
+            saved.append({"name": names[0], "hist": stats["hist"].clone(), "edges": stats["edges"].clone(),
+                          "num_bits": int(info["num_bits"]), "unsigned": bool(info["unsigned"])})
+    torch.save(saved, path)
+
+
+def child(batch_size: int, voxels: int, calib_batches: int, profile: bool, save: str | None = None) -> list[dict]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from recipe_engine.calib.collect import collect_statistics
     from recipe_engine.calib.loop import finish_calibration
@@ -265,6 +283,8 @@ def child(batch_size: int, voxels: int, calib_batches: int, profile: bool) -> li
         stage("statistics collection", lambda: collect_statistics(model, state, batches, forward_batch,
                                                                   calib_batches, False),
               f"{calib_batches} batches")
+        if save:
+            save_histograms(state, save)
         stage("amax (all quantizers)", lambda: finish_calibration(state, loaded.spec.calibration),
               f"{loaded.spec.calibration.method}, {len(list(state.unique()))} quantizers")
         disable_matching(state, loaded.spec.disable)  # as calibrate() does: the recipe's full-precision layers
@@ -299,12 +319,14 @@ def main() -> None:
     parser.add_argument("--calib-batches", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--save-histograms", default=None, metavar="PATH",
+                        help="save the collected histograms (torch.save; with one batch size) for amax_search.py")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child is not None:
         with contextlib.redirect_stdout(sys.stderr):
-            rows = child(args.child, args.voxels, args.calib_batches, args.profile)
+            rows = child(args.child, args.voxels, args.calib_batches, args.profile, args.save_histograms)
         print(json.dumps(rows))
         return
     rows = []
@@ -312,6 +334,7 @@ def main() -> None:
         command = [sys.executable, __file__, "--child", str(batch), "--voxels", str(args.voxels),
                    "--calib-batches", str(args.calib_batches), "--threads", str(args.threads)]
         command += ["--profile"] if args.profile else []
+        command += ["--save-histograms", args.save_histograms] if args.save_histograms else []
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "RECIPE_NO_PROGRESS": "1"})
         if done.returncode != 0:
             print(f"batch {batch}: the child process failed (exit {done.returncode})", file=sys.stderr)
@@ -322,7 +345,7 @@ def main() -> None:
     print("| batch | stage | s | peak MiB above stage start | process RSS peak MiB | note |")
     print("|---:|---|---:|---:|---:|---|")
     for r in rows:
-        seconds = "-" if r["seconds"] != r["seconds"] else f"{r['seconds']:.1f}"
+        seconds = "-" if r["seconds"] != r["seconds"] else f"{r['seconds']:.{2 if r['seconds'] < 1 else 1}f}"
         peak = "-" if r["peak_mib"] != r["peak_mib"] else f"{r['peak_mib']:.0f}"
         print(f"| {r['batch']} | {r['stage']} | {seconds} | {peak} | {r['rss_mib']:.0f} | {r['note']} |")
     if args.profile:

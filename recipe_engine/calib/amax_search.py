@@ -33,11 +33,12 @@ How the search is vectorised:
   ``O(candidates * nq)`` instead of ``O(candidates * n)`` Python steps. Candidates within a tiny
   tolerance of the minimum are then re-evaluated with upstream's own element-wise construction and
   ``scipy.stats.entropy`` so that near-ties and exact ties (e.g. ``KL == 0``) resolve as upstream's do.
-* mse: quantised centres are computed in float32 (bit-identical rounding decisions to upstream) for a
-  batch of candidates at once, on the histogram's device, restricted to non-empty bins; bins that are
-  certainly clipped are summed in closed form from float64 prefix sums. Errors are accumulated in
-  float64 (upstream accumulates in float32), so in rare near-ties the chosen candidate can differ from
-  upstream's float32 (and device-dependent) choice.
+* mse: :mod:`.mse_search` -- the bins of one quantisation level form a contiguous run, so a candidate's
+  error is a sum over at most ``2**num_bits`` runs from prefix sums, and a lower bound (the lowest levels'
+  runs plus the clipped tail) excludes most candidates after a few runs; the candidates within rounding
+  tolerance of the minimum are re-evaluated bin by bin (``q - c`` in float32 as upstream, summed in float64;
+  upstream sums in float32, so in rare near-ties the chosen candidate can differ from upstream's float32,
+  device-dependent choice). Runs on the CPU for a histogram on any device (histograms are small).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from scipy.stats import entropy as scipy_entropy
+
+from .mse_search import mse_best
 
 __all__ = [
     "EmptyCalibratorError",
@@ -66,19 +69,12 @@ class EmptyCalibratorError(ValueError):
     """The calibrator / histogram holds no data to compute an amax from."""
 
 
-# Element budget of one dense (candidates x bins) block. On CPU it stays at torch's intra-op grain size
-# (32768), so each op runs serially and cache-resident: measured faster than multi-threaded blocks on 2
-# cores and immune to thread-pool stalls on a busy machine. GPUs get larger blocks (fewer launches).
-_BLOCK_ELEMS = 1 << 15
-_BLOCK_ELEMS_GPU = 1 << 22
 # Absolute/relative slack used to short-list entropy candidates for the exact re-evaluation.
 _KL_TOL = 1e-9
-# fake_tensor_quant treats amax <= 2**-24 as zero (everything quantises to 0).
-_ZERO_AMAX = 1.0 / (1 << 24)
+# Elements (candidates x groups) of one block of the closed-form KL evaluation.
+_KL_BLOCK = 1 << 14
 # Edges within this fraction of a bin of the merge grid count as on it (float32 edges drift ~k * 2**-24 bins).
 _GRID_TOL = 1e-2
-# Adding then subtracting 1.5 * 2**23 rounds a float32 |x| < 2**22 to the nearest integer, ties to even.
-_ROUND_MAGIC = 1.5 * 2.0**23
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -145,7 +141,8 @@ def _scalar(value: float, device: torch.device) -> torch.Tensor:
 # entropy
 # --------------------------------------------------------------------------------------------------------
 def _kl_closed_form(b: np.ndarray, cand: np.ndarray, nq: int) -> np.ndarray:
-    """KL(p || q) of every candidate from prefix sums; float64, +inf/NaN like upstream."""
+    """KL(p || q) of every candidate from prefix sums; float64, +inf/NaN like upstream. Candidates go in
+    blocks of ``_KL_BLOCK`` elements (candidates x groups), so that the temporaries stay in cache."""
     n = b.size
     nz = b > 0
     cum_b = np.concatenate(([0.0], np.cumsum(b)))
@@ -154,8 +151,13 @@ def _kl_closed_form(b: np.ndarray, cand: np.ndarray, nq: int) -> np.ndarray:
     blogb[nz] = b[nz] * np.log(b[nz])
     cum_l = np.concatenate(([0.0], np.cumsum(blogb)))
     tail = np.concatenate((np.cumsum(b[::-1])[::-1], [0.0]))  # tail[i] = sum(b[i:])
-    total = cum_b[n]
+    step = max(1, _KL_BLOCK // (nq + 1))
+    prefix = (b, cum_b, cum_z, cum_l, tail, cum_b[n])
+    return np.concatenate([_kl_block(prefix, cand[a:a + step], nq) for a in range(0, cand.size, step)])
 
+
+def _kl_block(prefix: tuple, cand: np.ndarray, nq: int) -> np.ndarray:
+    b, cum_b, cum_z, cum_l, tail, total = prefix
     i = cand.astype(np.int64)[:, None]  # (C, 1)
     g = np.arange(nq + 1, dtype=np.int64)[None, :]  # group boundaries 0..nq
     bounds = -((-g * i) // nq)  # ceil(g * i / nq): first bin of group g
@@ -248,85 +250,6 @@ def entropy_amax(
 # --------------------------------------------------------------------------------------------------------
 # mse
 # --------------------------------------------------------------------------------------------------------
-def _row_blocks(widths: np.ndarray, budget: int) -> list[tuple[int, int]]:
-    """Split rows with non-decreasing ``widths`` into blocks with rows * last-width <= budget (>= 1 row)."""
-    blocks, start, total = [], 0, widths.size
-    while start < total:
-        k = min(total - start, max(1, budget // max(int(widths[start]), 1)))
-        fits = np.arange(1, k + 1) * widths[start : start + k] <= budget  # a prefix of True values
-        stop = start + max(1, int(fits.sum()))
-        blocks.append((start, stop))
-        start = stop
-    return blocks
-
-
-def _mse_errors(
-    counts: torch.Tensor, centers: torch.Tensor, cand: torch.Tensor, max_bound: float, min_bound: float
-) -> torch.Tensor:
-    """Sum of count-weighted squared fake-quant errors for each candidate (float64)."""
-    nz = counts > 0
-    c = centers[nz]  # float32, ascending; empty bins contribute nothing
-    w = counts[nz].double()
-    c64 = c.double()
-    amax = centers[cand]
-    bound = torch.tensor(max_bound, dtype=torch.float32, device=c.device)
-    zero = amax <= _ZERO_AMAX
-    ones = torch.ones_like(amax)
-    scale = torch.where(zero, torch.zeros_like(amax), bound / torch.where(zero, ones, amax))
-    divisor = torch.where(zero, ones, scale)  # upstream divides by 1 where amax is ~0
-    clipped_value = torch.where(zero, torch.zeros_like(amax), bound / divisor).double()
-
-    # Bins at or beyond ``first_clipped`` certainly quantise to max_bound (to 0 for a ~0 amax).
-    # NumPy here and for the dot products below: torch.searchsorted, torch.round and MKL gemv enter
-    # thread pools that stall badly on a busy 2-core machine.
-    c_np = c64.cpu().numpy()
-    limit = ((max_bound + 0.5) / scale.double() * (1 + 1e-6)).cpu().numpy()
-    limit[zero.cpu().numpy()] = 0.0
-    first_clipped = np.searchsorted(c_np, limit)
-
-    # Dense part in row blocks: element-wise fake quantisation of bins [0, width), width being the
-    # block's largest ``first_clipped`` (its last row's, as candidates ascend); bins in there that are
-    # already clipped are handled by the clamp. Bins >= width: closed form from float64 suffix sums.
-    on_cpu = c.device.type == "cpu"
-    blocks = _row_blocks(first_clipped, _BLOCK_ELEMS if on_cpu else _BLOCK_ELEMS_GPU)
-    row_width = np.empty_like(first_clipped)
-    for start, stop in blocks:
-        row_width[start:stop] = first_clipped[stop - 1]
-
-    def suffix_sums(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat((x.flip(0).cumsum(0).flip(0), x.new_zeros(1)))
-
-    s0, s1, s2 = suffix_sums(w), suffix_sums(w * c64), suffix_sums(w * c64 * c64)
-    idx = torch.from_numpy(row_width).to(c.device)
-    q = clipped_value
-    err = s2[idx] - 2 * q * s1[idx] + q * q * s0[idx]
-
-    # round-half-to-even by adding/subtracting 1.5 * 2**23 in float32 is exact for |x| < 2**22; clamp
-    # first only if some |centre * scale| could exceed that.
-    pre_clamp = float(c64.abs().max()) * float(scale.max()) >= 2.0**21
-    w_np = w.cpu().numpy()
-    buf = torch.empty(max(1, max(int(first_clipped[b - 1]) * (b - a) for a, b in blocks)), device=c.device)
-    buf64 = torch.empty(buf.numel(), dtype=torch.float64, device=c.device)
-    for start, stop in blocks:
-        width = int(first_clipped[stop - 1])
-        if width == 0:
-            continue
-        cols = c[None, :width]
-        x = buf[: (stop - start) * width].view(stop - start, width)
-        torch.mul(cols, scale[start:stop, None], out=x)
-        if pre_clamp:
-            x.clamp_(min_bound - 1, max_bound + 1)
-        x.add_(_ROUND_MAGIC).sub_(_ROUND_MAGIC)
-        x.clamp_(min_bound, max_bound).div_(divisor[start:stop, None]).sub_(cols)  # q - c, as upstream
-        d = buf64[: x.numel()].view_as(x).copy_(x)
-        d.mul_(d)
-        if on_cpu:
-            err[start:stop] += torch.from_numpy(d.numpy() @ w_np[:width])
-        else:
-            err[start:stop] += d @ w[:width]
-    return err
-
-
 def mse_amax(
     hist: HistLike,
     bin_edges: HistLike,
@@ -337,8 +260,8 @@ def mse_amax(
 ) -> torch.Tensor:
     """Bin centre minimising the count-weighted MSE of fake quantisation (upstream ``"mse"``).
 
-    Runs on ``hist``'s device when it is a tensor (CPU or GPU; never calls ``.cuda()``), else on CPU.
-    Returns a 0-dim float32 tensor on that device.
+    Searches on the CPU (never calls ``.cuda()``); returns a 0-dim float32 tensor on ``hist``'s device
+    (CPU for NumPy input).
     """
     counts_np, edges_np = _check_hist(hist, bin_edges)
     n = counts_np.size
@@ -347,20 +270,17 @@ def mse_amax(
         raise ValueError(f"num_bits={num_bits} is too large for the float32 MSE search (max 22)")
     _check_search(n - 1, start_bin, stride, "mse")
     device = _device_of(hist)
-    if isinstance(hist, torch.Tensor):
-        counts = hist.detach().to(torch.float64)
-    else:
-        counts = torch.from_numpy(counts_np)
     if isinstance(bin_edges, torch.Tensor):
-        edges = bin_edges.detach().to(device=device, dtype=torch.float32)
+        edges = bin_edges.detach().to(device="cpu", dtype=torch.float32)
     else:
-        edges = torch.from_numpy(np.ascontiguousarray(edges_np)).to(device=device, dtype=torch.float32)
-    counts = counts.to(device)
-    centers = (edges[1:] + edges[:-1]) / 2  # float32, exactly as upstream
-    cand = torch.arange(start_bin, n, stride, device=device)
-    err = _mse_errors(counts, centers, cand, max_bound, 0.0 if unsigned else -max_bound)
-    best = int(torch.argmin(err).item())  # first minimum, like np.argmin
-    return centers[cand[best]].clone()
+        edges = torch.from_numpy(np.ascontiguousarray(edges_np)).to(dtype=torch.float32)
+    centers = ((edges[1:] + edges[:-1]) / 2).numpy()  # float32, exactly as upstream
+    cand = np.arange(start_bin, n, stride)
+    if centers[cand[0]] < 0:
+        raise ValueError(f"mse: candidate amax {centers[cand[0]]:g} (bin {start_bin}) is negative; a histogram of "
+                         "|x| starts at 0 (raise start_bin past the negative bins)")
+    best = mse_best(counts_np, centers, cand, max_bound, 0.0 if unsigned else -max_bound)
+    return _scalar(centers[cand[best]].item(), device)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 from pytorch_quantization import nn as quant_nn
-from pytorch_quantization.calib import HistogramCalibrator
+from pytorch_quantization.calib import HistogramCalibrator, MaxCalibrator
 from pytorch_quantization.tensor_quant import QuantDescriptor
 from torch import nn
 
@@ -70,6 +70,8 @@ class PytorchQuantizationBackend:
         if spec.calibrator == "histogram":
             quantizer._calibrator = calibrators.FastHistogramCalibrator(
                 spec.num_bits, axis, spec.unsigned, num_bins=calibration.num_bins, skip_zeros=calibration.skip_zeros)
+        elif type(getattr(quantizer, "_calibrator", None)) is MaxCalibrator:
+            quantizer._calibrator = calibrators.FastMaxCalibrator(spec.num_bits, axis, spec.unsigned)
         return quantizer
 
     def identity_quantizer(self) -> Quantizer:

@@ -8,6 +8,7 @@ own searches (:mod:`recipe_engine.calib.methods`), which also run on CPU (upstre
 from __future__ import annotations
 
 import math
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,7 +19,7 @@ from ...calib import histogram as fast_histogram
 from ...calib.amax_search import EmptyCalibratorError
 from ...calib.methods import amax_from_statistics
 
-__all__ = ["FastHistogramCalibrator", "compute_amax", "load_statistics", "seed_histogram", "statistics"]
+__all__ = ["FastHistogramCalibrator", "FastMaxCalibrator", "compute_amax", "load_statistics", "seed_histogram", "statistics"]
 
 
 def _state_attr(name: str) -> property:
@@ -61,6 +62,43 @@ class FastHistogramCalibrator(HistogramCalibrator):
         fast_histogram.worker().wait()
         state = self.__dict__["_state"]
         self.__dict__["_state"] = fast_histogram.HistogramState(state.num_bins, state.skip_zeros)
+
+
+class FastMaxCalibrator(MaxCalibrator):
+    """``MaxCalibrator`` that skips a tensor it has just reduced, unmodified: a weight, every batch.
+
+    ``max(amax, amax(x))`` is ``amax`` when ``amax`` already includes ``x``, so the skip is exact. It applies
+    when ``x`` is the very tensor of the previous ``collect`` (same memory, shape, strides and dtype, still
+    alive, version counter unchanged: no in-place write through any view) and the running amax is still
+    the one that update left (not replaced, e.g. by merged statistics, nor written in place). Upstream
+    reduces every weight on every calibration batch: on the zoo CenterPoint 96 of 128 ``collect`` calls.
+    """
+
+    def __init__(self, num_bits, axis, unsigned, track_amax=False):
+        super().__init__(num_bits, axis, unsigned, track_amax=track_amax)
+        self._last = None
+
+    def collect(self, x):
+        last, amax = self._last, self._calib_amax
+        if (last is not None and not self._track_amax and amax is last[2] and amax._version == last[3]
+                and last[1] == _tensor_key(x) and last[0]() is x):
+            return None
+        super().collect(x)
+        amax = self._calib_amax
+        self._last = (weakref.ref(x), _tensor_key(x), amax, amax._version) if amax is not None else None
+        return None
+
+    def reset(self):
+        super().reset()
+        self._last = None
+
+    def __getstate__(self):  # the weak reference does not pickle; a restored calibrator reduces again
+        return {**self.__dict__, "_last": None}
+
+
+def _tensor_key(x: torch.Tensor) -> tuple:
+    return (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device, x._version)
+
 
 HISTOGRAM_METHODS = ("entropy", "mse", "percentile")
 
