@@ -335,6 +335,8 @@ def float_weights_of_float_ops(graph: _Graph) -> int:
         values = ((q.astype(np.int32) - zero.reshape(shape).astype(np.int32)).astype(np.float32)
                   * scale.reshape(shape).astype(np.float32))
         node.input[1] = graph.constant("float_weight", values.astype(np.float32))
+        if all(reader is node for reader in graph.consumers.get(dq.output[0], [])):
+            graph.g.node.remove(dq)  # read by nothing else now: onnxruntime would still run it on every call
         count += 1
     graph.refresh()
     return count

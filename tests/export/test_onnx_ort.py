@@ -55,6 +55,12 @@ def test_centerpoint_bev_upsampling_becomes_integer(tmp_path) -> None:
     assert placed["kernels"]["QLinearConv"] == 10 and placed["kernels"].get("Conv", 0) == 1
     assert "ConvTranspose" not in placed["kernels"] and placed["kernels"]["QLinearConcat"] == 1
     assert bev["sqnr_runtime_db"] >= bev["sqnr_pytorch_db"]
+    # no node whose output nothing reads (the float head conv's weight DequantizeLinear went with its weight:
+    # onnxruntime keeps such a node and runs it on every call)
+    graph = onnx.load(tmp_path / "bev.onnx").graph
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    assert [n.name for n in graph.node if not any(o in read for o in n.output)] == []
+    assert placed["kernels"].get("DequantizeLinear", 0) == 1  # the head conv's input only
 
 
 def _digits_placed():
