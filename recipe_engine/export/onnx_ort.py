@@ -26,7 +26,7 @@ engine's own Q/DQ export (same calibrated amax, same weights) into that form:
    same numbers, pre-packed by onnxruntime instead of dequantized on every call).
 
 The result is checked with ``onnx.checker``; verification and the count of the integer kernels
-onnxruntime built are in :mod:`.ort_verify`. (A little over 400 lines: the rewrites share one graph
+onnxruntime built are in :mod:`.ort_verify`. (About 460 lines: the rewrites share one graph
 index and run in this order; split, each module would re-derive it.)
 """
 
@@ -45,6 +45,8 @@ _KEEPS_SIGN = {"MaxPool", "Flatten", "Reshape", "Concat", "Transpose", "DepthToS
                "GlobalAveragePool", "AveragePool"}
 #: Widest/narrowest amax ratio up to which the quantizers of one tensor are merged.
 MERGE_RATIO = 2.0
+#: Dot-product length (input channels x kernel area) under which a first conv counts as thin (first_convs_in_float).
+THIN_REDUCTION = 160
 
 
 class _Graph:
@@ -327,19 +329,57 @@ def float_weights_of_float_ops(graph: _Graph) -> int:
         if _output_quantized(graph, node) or dq is None or dq.op_type != "DequantizeLinear" or \
                 dq.input[0] not in graph.inits:
             continue
-        q, scale = graph.array(dq.input[0]), graph.array(dq.input[1])
-        zero = graph.array(dq.input[2]) if len(dq.input) > 2 else np.zeros_like(scale, dtype=q.dtype)
-        shape = [1] * q.ndim
-        if scale.size > 1:
-            shape[_axis(dq)] = scale.size
-        values = ((q.astype(np.int32) - zero.reshape(shape).astype(np.int32)).astype(np.float32)
-                  * scale.reshape(shape).astype(np.float32))
-        node.input[1] = graph.constant("float_weight", values.astype(np.float32))
-        if all(reader is node for reader in graph.consumers.get(dq.output[0], [])):
-            graph.g.node.remove(dq)  # read by nothing else now: onnxruntime would still run it on every call
+        _dequantized_weight(graph, node, dq)
         count += 1
     graph.refresh()
     return count
+
+
+def _dequantized_weight(graph: _Graph, node: onnx.NodeProto, dq: onnx.NodeProto) -> None:
+    """``node`` reads its weight as float constants (the dequantized values, identical numbers)."""
+    q, scale = graph.array(dq.input[0]), graph.array(dq.input[1])
+    zero = graph.array(dq.input[2]) if len(dq.input) > 2 else np.zeros_like(scale, dtype=q.dtype)
+    shape = [1] * q.ndim
+    if scale.size > 1:
+        shape[_axis(dq)] = scale.size
+    values = ((q.astype(np.int32) - zero.reshape(shape).astype(np.int32)).astype(np.float32)
+              * scale.reshape(shape).astype(np.float32))
+    node.input[1] = graph.constant("float_weight", values.astype(np.float32))
+    if all(reader is node for reader in graph.consumers.get(dq.output[0], [])):
+        graph.g.node.remove(dq)  # read by nothing else now: onnxruntime would still run it on every call
+
+
+def first_convs_in_float(graph: _Graph) -> int:
+    """Opt-in (``place_for_onnxruntime(float_first_convs=True)``): a group-1 Conv that reads a graph input
+    through Q -> DQ, with dot products (input channels x kernel area) shorter than THIN_REDUCTION (a grey or
+    RGB stem), reads the float input and float weights; its output keeps its Q, so the next layer stays
+    integer. onnxruntime's ``QLinearConv`` on such a stem is slower than its float NCHWc conv (digits' 1x3x3
+    stem 352 vs 62 us, BEVFusion-lite's 3x7x7 camera stem 1.0 vs 0.42 ms, node medians of its profiler).
+    With a DQ input it would re-quantize the float weight (its weight-and-bias quantization pass) and build
+    the QLinearConv anyway, so the input Q/DQ goes: the stem's input is then FP32 (closer to FP32 than the
+    fake-quant model). Off by default: the float stem's output layout can cost more than it saves (on digits
+    onnxruntime then runs the following uint8 max-pool in NCHW, measured slower in all)."""
+    inputs = {i.name for i in graph.g.input}
+    done = 0
+    for node in [n for n in graph.g.node if n.op_type == "Conv" and _attr(n, "group", 1) == 1]:
+        w_dq, x_dq = graph.producer.get(node.input[1]), graph.producer.get(node.input[0])
+        if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in graph.inits or \
+                x_dq is None or x_dq.op_type != "DequantizeLinear":
+            continue
+        x_q = graph.producer.get(x_dq.input[0])
+        dims = list(graph.inits[w_dq.input[0]].dims)  # [O, I, k...]
+        if x_q is None or x_q.op_type != "QuantizeLinear" or x_q.input[0] not in inputs or len(dims) < 3 or \
+                int(np.prod(dims[1:])) >= THIN_REDUCTION:
+            continue
+        node.input[0] = x_q.input[0]
+        _dequantized_weight(graph, node, w_dq)
+        graph.refresh()
+        for unread in (x_dq, x_q):
+            if not graph.consumers.get(unread.output[0]):
+                graph.g.node.remove(unread)
+                graph.refresh()
+        done += 1
+    return done
 
 
 def integer_biases(graph: _Graph) -> int:
@@ -393,8 +433,10 @@ def _topological(graph: _Graph) -> None:
     graph.g.initializer.extend(keep)
 
 
-def place_for_onnxruntime(model: onnx.ModelProto) -> dict[str, object]:
-    """Rewrite the engine's Q/DQ ``model`` in place for onnxruntime's CPU provider; returns what changed."""
+def place_for_onnxruntime(model: onnx.ModelProto, float_first_convs: bool = False) -> dict[str, object]:
+    """Rewrite the engine's Q/DQ ``model`` in place for onnxruntime's CPU provider; returns what changed.
+
+    ``float_first_convs``: see :func:`first_convs_in_float` (off by default)."""
     graph = _Graph(model)
     summary: dict[str, object] = {"merged_tensor_quantizers": merge_tensor_quantizers(graph),
                                   "q_above_maxpool_flatten": hoist_over_commuting(graph)}
@@ -402,6 +444,8 @@ def place_for_onnxruntime(model: onnx.ModelProto) -> dict[str, object]:
     summary["conv_transpose_as_depth_to_space"] = upsampling_as_depth_to_space(graph)
     summary["int8_weights"] = integer_weights(graph)
     summary["float_output_layers"] = float_weights_of_float_ops(graph)
+    if float_first_convs:
+        summary["float_first_convs"] = first_convs_in_float(graph)
     summary["int32_biases"] = integer_biases(graph)
     _topological(graph)
     onnx.checker.check_model(model, full_check=True)
