@@ -349,6 +349,31 @@ def _dequantized_weight(graph: _Graph, node: onnx.NodeProto, dq: onnx.NodeProto)
         graph.g.node.remove(dq)  # read by nothing else now: onnxruntime would still run it on every call
 
 
+def quantize_outputs(graph: _Graph, ranges: dict[str, tuple[float, float]]) -> int:
+    """Opt-in (``place_for_onnxruntime(output_ranges=...)``): a graph output written by a Conv gets a uint8
+    Q -> DQ from a calibrated ``(min, max)`` of that output (asymmetric: zero point ``round(-min / scale)``,
+    scale ``(max - min) / 255``, the range widened to hold 0), so that the conv becomes a ``QLinearConv``
+    instead of a float conv (the engine calibrates layer inputs, not a network's outputs: the range comes from
+    the caller, e.g. the fake-quant model's outputs on the calibration batches)."""
+    done = 0
+    for name, (low, high) in ranges.items():
+        conv = graph.producer.get(name)
+        if conv is None or conv.op_type != "Conv" or name not in {o.name for o in graph.g.output}:
+            continue
+        low, high = min(float(low), 0.0), max(float(high), 0.0)
+        scale = np.float32(max(high - low, 1e-12) / 255.0)
+        zero = np.uint8(np.clip(round(-low / float(scale)), 0, 255))
+        s_name, z_name = graph.constant("out_scale", np.array(scale)), graph.constant("out_zero_point", np.array(zero))
+        raw, q_out = graph.fresh(name + "_float"), graph.fresh(name + "_q")
+        conv.output[0] = raw
+        index = list(graph.g.node).index(conv) + 1
+        graph.g.node.insert(index, helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [name]))
+        graph.g.node.insert(index, helper.make_node("QuantizeLinear", [raw, s_name, z_name], [q_out]))
+        graph.refresh()
+        done += 1
+    return done
+
+
 def first_convs_in_float(graph: _Graph) -> int:
     """Opt-in (``place_for_onnxruntime(float_first_convs=True)``): a group-1 Conv that reads a graph input
     through Q -> DQ, with dot products (input channels x kernel area) shorter than THIN_REDUCTION (a grey or
@@ -433,15 +458,19 @@ def _topological(graph: _Graph) -> None:
     graph.g.initializer.extend(keep)
 
 
-def place_for_onnxruntime(model: onnx.ModelProto, float_first_convs: bool = False) -> dict[str, object]:
+def place_for_onnxruntime(model: onnx.ModelProto, float_first_convs: bool = False,
+                          output_ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, object]:
     """Rewrite the engine's Q/DQ ``model`` in place for onnxruntime's CPU provider; returns what changed.
 
-    ``float_first_convs``: see :func:`first_convs_in_float` (off by default)."""
+    ``float_first_convs``: see :func:`first_convs_in_float`; ``output_ranges``: see :func:`quantize_outputs`
+    (both off by default)."""
     graph = _Graph(model)
     summary: dict[str, object] = {"merged_tensor_quantizers": merge_tensor_quantizers(graph),
                                   "q_above_maxpool_flatten": hoist_over_commuting(graph)}
     summary["activations"] = to_unsigned(graph)
     summary["conv_transpose_as_depth_to_space"] = upsampling_as_depth_to_space(graph)
+    if output_ranges:
+        summary["quantized_outputs"] = quantize_outputs(graph, output_ranges)
     summary["int8_weights"] = integer_weights(graph)
     summary["float_output_layers"] = float_weights_of_float_ops(graph)
     if float_first_convs:

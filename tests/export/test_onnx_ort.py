@@ -142,3 +142,37 @@ def test_float_first_convs_runs_the_grey_stem_in_float_on_the_fp32_input() -> No
     outputs = run_onnxruntime(stem.SerializeToString(), {"x": x.numpy()}, optimization="all")
     figures = check_against_fp32(outputs, pytorch, fp32, ["output"], 0.5)
     assert figures["sqnr_runtime_db"] >= figures["sqnr_pytorch_db"]
+
+
+def test_output_ranges_make_the_head_conv_an_integer_kernel() -> None:
+    import torch
+
+    loaded, model, batches, forward = _prepared("centerpoint_int8", [
+        "data.calibration.kwargs.count=2", "data.calibration.kwargs.batch_size=2", "calibration.batches=1",
+        "calibration.method=max", "export=[]"])
+    seen = []
+    handle = model.bev.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    with torch.no_grad():
+        forward(model, batches[0])
+    handle.remove()
+    x = seen[0]
+    qdq = export_qdq(model.bev, (x,), {}).model
+    with torch.no_grad():
+        pytorch = [model.bev(x)]
+        with quantizers_off(get_state(model)):
+            fp32 = [model.bev(x)]
+    out = qdq.graph.output[0].name
+    ranged = copy.deepcopy(qdq)
+    summary = place_for_onnxruntime(ranged, output_ranges={out: (float(pytorch[0].min()), float(pytorch[0].max())),
+                                                           "not_an_output": (0.0, 1.0)})
+    assert summary["quantized_outputs"] == 1 and summary["float_output_layers"] == 0
+    kernels = fused_ops(ranged.SerializeToString())
+    assert kernels["QLinearConv"] == 11 and "Conv" not in kernels  # the head conv too
+    (runtime,) = run_onnxruntime(ranged.SerializeToString(), {qdq.graph.input[0].name: x.numpy()}, optimization="all")
+    step = (float(pytorch[0].max()) - min(float(pytorch[0].min()), 0.0)) / 255
+    default = copy.deepcopy(qdq)
+    place_for_onnxruntime(default)
+    (plain,) = run_onnxruntime(default.SerializeToString(), {qdq.graph.input[0].name: x.numpy()}, optimization="all")
+    # the output on a uint8 grid of the calibrated range: within one step of the float-head file's output
+    assert np.abs(runtime - plain).max() <= 1.01 * step and np.abs(runtime - plain).max() > 0
+    check_against_fp32([runtime], pytorch, fp32, ["output"], 1.0)
