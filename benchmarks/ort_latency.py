@@ -9,10 +9,9 @@ input and thread count:
   inputs and weights), run by onnxruntime;
 - **engine, target onnxruntime**: the same calibrated model written with ``target: onnxruntime``
   (``recipe_engine/export/onnx_ort.py``: uint8 activations, int8 weights, int32 biases, one Q per tensor);
-  where the part has a thin first conv (a grey or RGB stem) also with ``float_first_convs=True`` (that conv
-  in float on the FP32 input, the opt-in of ``place_for_onnxruntime``); and, where the output is written by
-  a conv (a float conv in the default placement: no range), with ``output_ranges`` from the fake-quant
-  part's output min/max on the calibration inputs (that conv a ``QLinearConv``, as ``quantize_static``'s);
+  and, where the output is written by a conv (a float conv in the default placement: no range), with
+  ``output_ranges`` from the fake-quant part's output min/max on the calibration inputs (that conv then a
+  ``QLinearConv``, as in ``quantize_static``'s files);
 - **onnxruntime quantize_static** of the FP32 ONNX (QDQ, per-channel S8 weights, U8 asymmetric
   activations: its CPU default) with MinMax, Entropy and Percentile calibration, on the *same*
   calibration inputs the recipe calibrated on (the part's inputs in the FP32 model on the recipe's
@@ -263,10 +262,6 @@ def measure(name: str, runs: int, threads: list[int], methods: list[str]) -> lis
     if place_for_onnxruntime(ranged, output_ranges=ranges).get("quantized_outputs"):
         variants.append(("engine target onnxruntime, output_ranges (calibrated min/max)", f"recipe ({part.how}), "
                          "output: min/max of the fake-quant part", ranged.SerializeToString()))
-    stem = copy.deepcopy(qdq)
-    if place_for_onnxruntime(stem, float_first_convs=True).get("float_first_convs"):
-        variants.append(("engine target onnxruntime, float_first_convs=True", f"recipe ({part.how}), stem FP32",
-                         stem.SerializeToString()))
     for method in methods:
         acc.log(f"{name}: quantize_static {method}")
         variants.append((f"ORT quantize_static {method}", f"{acc.ORT_CALIBRATION[method]}, same inputs",

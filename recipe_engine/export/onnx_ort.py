@@ -26,7 +26,7 @@ engine's own Q/DQ export (same calibrated amax, same weights) into that form:
    same numbers, pre-packed by onnxruntime instead of dequantized on every call).
 
 The result is checked with ``onnx.checker``; verification and the count of the integer kernels
-onnxruntime built are in :mod:`.ort_verify`. (About 460 lines: the rewrites share one graph
+onnxruntime built are in :mod:`.ort_verify`. (About 450 lines: the rewrites share one graph
 index and run in this order; split, each module would re-derive it.)
 """
 
@@ -45,8 +45,6 @@ _KEEPS_SIGN = {"MaxPool", "Flatten", "Reshape", "Concat", "Transpose", "DepthToS
                "GlobalAveragePool", "AveragePool"}
 #: Widest/narrowest amax ratio up to which the quantizers of one tensor are merged.
 MERGE_RATIO = 2.0
-#: Dot-product length (input channels x kernel area) under which a first conv counts as thin (first_convs_in_float).
-THIN_REDUCTION = 160
 
 
 class _Graph:
@@ -350,7 +348,8 @@ def _dequantized_weight(graph: _Graph, node: onnx.NodeProto, dq: onnx.NodeProto)
 
 
 def quantize_outputs(graph: _Graph, ranges: dict[str, tuple[float, float]]) -> int:
-    """Opt-in (``place_for_onnxruntime(output_ranges=...)``): a graph output written by a Conv gets a uint8
+    """Opt-in (``place_for_onnxruntime(output_ranges=...)``): a graph output written by a Conv (or a Conv's
+    Relu) gets a uint8
     Q -> DQ from a calibrated ``(min, max)`` of that output (asymmetric: zero point ``round(-min / scale)``,
     scale ``(max - min) / 255``, the range widened to hold 0), so that the conv becomes a ``QLinearConv``
     instead of a float conv (the engine calibrates layer inputs, not a network's outputs: the range comes from
@@ -358,7 +357,10 @@ def quantize_outputs(graph: _Graph, ranges: dict[str, tuple[float, float]]) -> i
     done = 0
     for name, (low, high) in ranges.items():
         conv = graph.producer.get(name)
-        if conv is None or conv.op_type != "Conv" or name not in {o.name for o in graph.g.output}:
+        if conv is not None and conv.op_type == "Relu":  # Conv -> Relu -> output: the Q after the Relu
+            before = graph.producer.get(conv.input[0])
+            conv = conv if before is not None and before.op_type == "Conv" else None
+        if conv is None or conv.op_type not in ("Conv", "Relu") or name not in {o.name for o in graph.g.output}:
             continue
         low, high = min(float(low), 0.0), max(float(high), 0.0)
         scale = np.float32(max(high - low, 1e-12) / 255.0)
@@ -370,39 +372,6 @@ def quantize_outputs(graph: _Graph, ranges: dict[str, tuple[float, float]]) -> i
         graph.g.node.insert(index, helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [name]))
         graph.g.node.insert(index, helper.make_node("QuantizeLinear", [raw, s_name, z_name], [q_out]))
         graph.refresh()
-        done += 1
-    return done
-
-
-def first_convs_in_float(graph: _Graph) -> int:
-    """Opt-in (``place_for_onnxruntime(float_first_convs=True)``): a group-1 Conv that reads a graph input
-    through Q -> DQ, with dot products (input channels x kernel area) shorter than THIN_REDUCTION (a grey or
-    RGB stem), reads the float input and float weights; its output keeps its Q, so the next layer stays
-    integer. onnxruntime's ``QLinearConv`` on such a stem is slower than its float NCHWc conv (digits' 1x3x3
-    stem 352 vs 62 us, BEVFusion-lite's 3x7x7 camera stem 1.0 vs 0.42 ms, node medians of its profiler).
-    With a DQ input it would re-quantize the float weight (its weight-and-bias quantization pass) and build
-    the QLinearConv anyway, so the input Q/DQ goes: the stem's input is then FP32 (closer to FP32 than the
-    fake-quant model). Off by default: the float stem's output layout can cost more than it saves (on digits
-    onnxruntime then runs the following uint8 max-pool in NCHW, measured slower in all)."""
-    inputs = {i.name for i in graph.g.input}
-    done = 0
-    for node in [n for n in graph.g.node if n.op_type == "Conv" and _attr(n, "group", 1) == 1]:
-        w_dq, x_dq = graph.producer.get(node.input[1]), graph.producer.get(node.input[0])
-        if w_dq is None or w_dq.op_type != "DequantizeLinear" or w_dq.input[0] not in graph.inits or \
-                x_dq is None or x_dq.op_type != "DequantizeLinear":
-            continue
-        x_q = graph.producer.get(x_dq.input[0])
-        dims = list(graph.inits[w_dq.input[0]].dims)  # [O, I, k...]
-        if x_q is None or x_q.op_type != "QuantizeLinear" or x_q.input[0] not in inputs or len(dims) < 3 or \
-                int(np.prod(dims[1:])) >= THIN_REDUCTION:
-            continue
-        node.input[0] = x_q.input[0]
-        _dequantized_weight(graph, node, w_dq)
-        graph.refresh()
-        for unread in (x_dq, x_q):
-            if not graph.consumers.get(unread.output[0]):
-                graph.g.node.remove(unread)
-                graph.refresh()
         done += 1
     return done
 
@@ -458,12 +427,11 @@ def _topological(graph: _Graph) -> None:
     graph.g.initializer.extend(keep)
 
 
-def place_for_onnxruntime(model: onnx.ModelProto, float_first_convs: bool = False,
+def place_for_onnxruntime(model: onnx.ModelProto,
                           output_ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, object]:
     """Rewrite the engine's Q/DQ ``model`` in place for onnxruntime's CPU provider; returns what changed.
 
-    ``float_first_convs``: see :func:`first_convs_in_float`; ``output_ranges``: see :func:`quantize_outputs`
-    (both off by default)."""
+    ``output_ranges``: see :func:`quantize_outputs` (off by default)."""
     graph = _Graph(model)
     summary: dict[str, object] = {"merged_tensor_quantizers": merge_tensor_quantizers(graph),
                                   "q_above_maxpool_flatten": hoist_over_commuting(graph)}
@@ -473,8 +441,6 @@ def place_for_onnxruntime(model: onnx.ModelProto, float_first_convs: bool = Fals
         summary["quantized_outputs"] = quantize_outputs(graph, output_ranges)
     summary["int8_weights"] = integer_weights(graph)
     summary["float_output_layers"] = float_weights_of_float_ops(graph)
-    if float_first_convs:
-        summary["float_first_convs"] = first_convs_in_float(graph)
     summary["int32_biases"] = integer_biases(graph)
     _topological(graph)
     onnx.checker.check_model(model, full_check=True)

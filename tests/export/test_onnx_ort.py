@@ -121,29 +121,6 @@ def test_fused_ops_counts_what_onnxruntime_built() -> None:
     assert fused_ops(placed.SerializeToString())["QLinearConv"] == 6
 
 
-def test_float_first_convs_runs_the_grey_stem_in_float_on_the_fp32_input() -> None:
-    loaded, model, batches, forward = _prepared("digits_int8", ["calibration.batches=2", "export=[]"])
-    x = batches[0]["image"]
-    qdq = export_qdq(model, (x,), {}).model
-    default, stem = copy.deepcopy(qdq), copy.deepcopy(qdq)
-    assert "float_first_convs" not in place_for_onnxruntime(default)  # opt-in
-    summary = place_for_onnxruntime(stem, float_first_convs=True)
-    assert summary["float_first_convs"] == 1 and summary["int32_biases"] == 6  # the stem's bias stays float
-    conv = next(n for n in stem.graph.node if n.op_type == "Conv")
-    assert conv.input[0] == "x" and not any(n.op_type == "QuantizeLinear" and n.input[0] == "x" for n in stem.graph.node)
-    kernels = fused_ops(stem.SerializeToString())
-    assert kernels["QLinearConv"] == 5 and kernels["Conv"] == 1  # onnxruntime did not re-quantize the stem
-    import torch
-
-    with torch.no_grad():
-        pytorch = [model(x)]
-        with quantizers_off(get_state(model)):
-            fp32 = [model(x)]
-    outputs = run_onnxruntime(stem.SerializeToString(), {"x": x.numpy()}, optimization="all")
-    figures = check_against_fp32(outputs, pytorch, fp32, ["output"], 0.5)
-    assert figures["sqnr_runtime_db"] >= figures["sqnr_pytorch_db"]
-
-
 def test_output_ranges_make_the_head_conv_an_integer_kernel() -> None:
     import torch
 
