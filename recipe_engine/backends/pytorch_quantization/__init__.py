@@ -58,14 +58,14 @@ _SLOTS = {"input": "_input_quantizer", "weight": "_weight_quantizer"}
 _PROTOTYPES: dict[tuple, Quantizer] = {}
 
 
-def _fresh_quantizer(fields: dict, disabled: bool = False) -> Quantizer:
+def _fresh_quantizer(fields: dict, disabled: bool = False, calibrator: bool = True) -> Quantizer:
     """``TensorQuantizer(QuantDescriptor(**fields), disabled=disabled)`` without running its constructor.
 
     The constructor assigns ~15 attributes through ``nn.Module.__setattr__`` (about 60 us a quantizer, most of
     a 10k-module recipe application). A quantizer without amax buffer or Clip module is plain attributes and
     empty containers, so a copy of a prototype built once by the library's constructor is the same object:
     every container (parameter/buffer/module dicts, hook dicts) is copied, so none is shared, and the
-    calibrator is a new one of the prototype's kind.
+    calibrator is a new one of the prototype's kind (``calibrator=False``: None, for a caller that sets one).
     """
     key = (disabled, *sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in fields.items()))
     prototype = _PROTOTYPES.get(key)
@@ -73,10 +73,12 @@ def _fresh_quantizer(fields: dict, disabled: bool = False) -> Quantizer:
         prototype = _PROTOTYPES[key] = Quantizer(QuantDescriptor(**fields), disabled=disabled)
     quantizer = Quantizer.__new__(Quantizer)
     state = {k: (v.copy() if isinstance(v, (dict, set)) else v) for k, v in prototype.__dict__.items()}
-    if "_calibrator" in state:  # the library's own kind, fresh (the caller may replace it)
-        calibrator = state["_calibrator"]
-        fresh = MaxCalibrator if type(calibrator) is MaxCalibrator else HistogramCalibrator
-        state["_calibrator"] = fresh(calibrator._num_bits, calibrator._axis, calibrator._unsigned)
+    if "_calibrator" in state and not calibrator:
+        state["_calibrator"] = None  # the caller sets its own
+    elif "_calibrator" in state:  # the library's own kind, fresh
+        model = state["_calibrator"]
+        fresh = MaxCalibrator if type(model) is MaxCalibrator else HistogramCalibrator
+        state["_calibrator"] = fresh(model._num_bits, model._axis, model._unsigned)
     quantizer.__dict__.update(state)
     return quantizer
 
@@ -95,7 +97,7 @@ class PytorchQuantizationBackend:
         if spec.learn_amax or spec.amax is not None:  # a Clip module or an amax buffer: built the library's way
             quantizer = Quantizer(QuantDescriptor(**fields))
         else:
-            quantizer = _fresh_quantizer(fields)
+            quantizer = _fresh_quantizer(fields, calibrator=spec.calibrator != "histogram")  # (replaced below)
         if spec.calibrator == "histogram":
             quantizer._calibrator = calibrators.FastHistogramCalibrator(
                 spec.num_bits, axis, spec.unsigned, num_bins=calibration.num_bins, skip_zeros=calibration.skip_zeros)
