@@ -7,12 +7,19 @@ interpreter heap (torch's own objects included), so one that lands in a stage ad
 ~0.1 s that says nothing about the engine's algorithm; the "without GC" column subtracts it.
 One untimed warm-up run (imports, first-call caches) comes first; each model is collected
 (``gc.collect()``) after it is built, so its construction garbage is not charged to application.
-The second table adds a share group over a quarter of the quantizers and ``disable: ["**"]``.
+The second table adds a share group over a quarter of the quantizers and ``disable: ["**"]``; the third
+fuses ``within`` a selector that selects every module (the scope test is a set lookup per name).
+Every cell is the median of ``--repeat`` measurements, sizes and recipes interleaved.
+
+    .venv/bin/python benchmarks/apply_scaling.py [--repeat 3] [--recipes base share within] [--json]
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
+import statistics
 import time
 
 import torch
@@ -98,25 +105,60 @@ def measure(modules: int, recipe=RECIPE) -> dict[str, float]:
             "total": total, "gc_passes": full.count, "gc": full.seconds, "engine": total - full.seconds}
 
 
-def table(recipe) -> None:
-    rows = [measure(n, recipe) for n in (1000, 2500, 5000, 10000)]
+SCOPED_RECIPE = load_recipe_data({
+    "recipe": "bench-within", "version": "1.0.0",
+    "quantizers": {"act": {"calibrator": "histogram"}, "w": {"per_channel": True}},
+    "fuse": [{"pattern": ["Conv2d", "BatchNorm2d"], "within": {"name": "re:stage\\d+(\\..*)?"}}],
+    "rules": [{"select": {"type": "Conv2d"}, "quantize": {"input": "act", "weight": "w"}}],
+}).spec
+
+RECIPES = {"base": (RECIPE, "Conv2d+BatchNorm2d fusion, one quantize rule, one exclusion rule, disable stage0.*"),
+           "share": (SHARE_RECIPE, "as base plus a share group of every block's first conv input, disable **"),
+           "within": (SCOPED_RECIPE, "fusion with `within` selecting every module (a scope of ~10k names), "
+                                     "one quantize rule")}
+SIZES = (1000, 2500, 5000, 10000)
+KEYS = ("plan", "fuse", "quantize", "disable", "total", "gc_passes", "gc", "engine")
+
+
+def run(recipes: list[str], repeat: int) -> dict[str, list[dict[str, float]]]:
+    """Per recipe and size, the median of ``repeat`` measurements of each figure (sizes and recipes interleaved
+    within every repeat, so that load from other processes falls on all alike)."""
+    samples: dict[tuple[str, int], list[dict]] = {(r, n): [] for r in recipes for n in SIZES}
+    for _ in range(repeat):
+        for r in recipes:
+            for n in SIZES:
+                samples[r, n].append(measure(n, RECIPES[r][0]))
+    return {r: [{"modules": samples[r, n][0]["modules"],
+                 **{k: statistics.median(s[k] for s in samples[r, n]) for k in KEYS}} for n in SIZES]
+            for r in recipes}
+
+
+def table(rows: list[dict[str, float]]) -> None:
     base = rows[0]
     print("| modules | select+plan s | fuse s | quantize s | disable s | total s | full GC passes (s) | "
           "total without GC s | time ratio vs 1k (without GC) | size ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['modules']} | {row['plan']:.3f} | {row['fuse']:.3f} | {row['quantize']:.3f} | "
-              f"{row['disable']:.3f} | {row['total']:.3f} | {row['gc_passes']} ({row['gc']:.3f}) | "
+              f"{row['disable']:.3f} | {row['total']:.3f} | {row['gc_passes']:g} ({row['gc']:.3f}) | "
               f"{row['engine']:.3f} | {row['total'] / base['total']:.2f} ({row['engine'] / base['engine']:.2f}) | "
               f"{row['modules'] / base['modules']:.2f} |")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per cell; the tables show medians")
+    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--json", action="store_true", help="print the medians as JSON instead of tables")
+    args = parser.parse_args()
     measure(1000)  # warm-up: imports and first-call caches, not timed
-    print("recipe: Conv2d+BatchNorm2d fusion, one quantize rule, one exclusion rule, disable stage0.*")
-    table(RECIPE)
-    print("\nrecipe: as above plus a share group of every block's first conv input, disable **")
-    table(SHARE_RECIPE)
+    results = run(args.recipes, args.repeat)
+    if args.json:
+        print(json.dumps(results))
+        return
+    for r, rows in results.items():
+        print(f"\nrecipe {r}: {RECIPES[r][1]} (median of {args.repeat})")
+        table(rows)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ engine's own Q/DQ export (same calibrated amax, same weights) into that form:
    same numbers, pre-packed by onnxruntime instead of dequantized on every call).
 
 The result is checked with ``onnx.checker``; verification and the count of the integer kernels
-onnxruntime built are in :mod:`.ort_verify`. (A little over 400 lines: the rewrites share one graph
+onnxruntime built are in :mod:`.ort_verify`. (About 450 lines: the rewrites share one graph
 index and run in this order; split, each module would re-derive it.)
 """
 
@@ -327,17 +327,53 @@ def float_weights_of_float_ops(graph: _Graph) -> int:
         if _output_quantized(graph, node) or dq is None or dq.op_type != "DequantizeLinear" or \
                 dq.input[0] not in graph.inits:
             continue
-        q, scale = graph.array(dq.input[0]), graph.array(dq.input[1])
-        zero = graph.array(dq.input[2]) if len(dq.input) > 2 else np.zeros_like(scale, dtype=q.dtype)
-        shape = [1] * q.ndim
-        if scale.size > 1:
-            shape[_axis(dq)] = scale.size
-        values = ((q.astype(np.int32) - zero.reshape(shape).astype(np.int32)).astype(np.float32)
-                  * scale.reshape(shape).astype(np.float32))
-        node.input[1] = graph.constant("float_weight", values.astype(np.float32))
+        _dequantized_weight(graph, node, dq)
         count += 1
     graph.refresh()
     return count
+
+
+def _dequantized_weight(graph: _Graph, node: onnx.NodeProto, dq: onnx.NodeProto) -> None:
+    """``node`` reads its weight as float constants (the dequantized values, identical numbers)."""
+    q, scale = graph.array(dq.input[0]), graph.array(dq.input[1])
+    zero = graph.array(dq.input[2]) if len(dq.input) > 2 else np.zeros_like(scale, dtype=q.dtype)
+    shape = [1] * q.ndim
+    if scale.size > 1:
+        shape[_axis(dq)] = scale.size
+    values = ((q.astype(np.int32) - zero.reshape(shape).astype(np.int32)).astype(np.float32)
+              * scale.reshape(shape).astype(np.float32))
+    node.input[1] = graph.constant("float_weight", values.astype(np.float32))
+    if all(reader is node for reader in graph.consumers.get(dq.output[0], [])):
+        graph.g.node.remove(dq)  # read by nothing else now: onnxruntime would still run it on every call
+
+
+def quantize_outputs(graph: _Graph, ranges: dict[str, tuple[float, float]]) -> int:
+    """Opt-in (``place_for_onnxruntime(output_ranges=...)``): a graph output written by a Conv (or a Conv's
+    Relu) gets a uint8
+    Q -> DQ from a calibrated ``(min, max)`` of that output (asymmetric: zero point ``round(-min / scale)``,
+    scale ``(max - min) / 255``, the range widened to hold 0), so that the conv becomes a ``QLinearConv``
+    instead of a float conv (the engine calibrates layer inputs, not a network's outputs: the range comes from
+    the caller, e.g. the fake-quant model's outputs on the calibration batches)."""
+    done = 0
+    for name, (low, high) in ranges.items():
+        conv = graph.producer.get(name)
+        if conv is not None and conv.op_type == "Relu":  # Conv -> Relu -> output: the Q after the Relu
+            before = graph.producer.get(conv.input[0])
+            conv = conv if before is not None and before.op_type == "Conv" else None
+        if conv is None or conv.op_type not in ("Conv", "Relu") or name not in {o.name for o in graph.g.output}:
+            continue
+        low, high = min(float(low), 0.0), max(float(high), 0.0)
+        scale = np.float32(max(high - low, 1e-12) / 255.0)
+        zero = np.uint8(np.clip(round(-low / float(scale)), 0, 255))
+        s_name, z_name = graph.constant("out_scale", np.array(scale)), graph.constant("out_zero_point", np.array(zero))
+        raw, q_out = graph.fresh(name + "_float"), graph.fresh(name + "_q")
+        conv.output[0] = raw
+        index = list(graph.g.node).index(conv) + 1
+        graph.g.node.insert(index, helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [name]))
+        graph.g.node.insert(index, helper.make_node("QuantizeLinear", [raw, s_name, z_name], [q_out]))
+        graph.refresh()
+        done += 1
+    return done
 
 
 def integer_biases(graph: _Graph) -> int:
@@ -391,13 +427,18 @@ def _topological(graph: _Graph) -> None:
     graph.g.initializer.extend(keep)
 
 
-def place_for_onnxruntime(model: onnx.ModelProto) -> dict[str, object]:
-    """Rewrite the engine's Q/DQ ``model`` in place for onnxruntime's CPU provider; returns what changed."""
+def place_for_onnxruntime(model: onnx.ModelProto,
+                          output_ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, object]:
+    """Rewrite the engine's Q/DQ ``model`` in place for onnxruntime's CPU provider; returns what changed.
+
+    ``output_ranges``: see :func:`quantize_outputs` (off by default)."""
     graph = _Graph(model)
     summary: dict[str, object] = {"merged_tensor_quantizers": merge_tensor_quantizers(graph),
                                   "q_above_maxpool_flatten": hoist_over_commuting(graph)}
     summary["activations"] = to_unsigned(graph)
     summary["conv_transpose_as_depth_to_space"] = upsampling_as_depth_to_space(graph)
+    if output_ranges:
+        summary["quantized_outputs"] = quantize_outputs(graph, output_ranges)
     summary["int8_weights"] = integer_weights(graph)
     summary["float_output_layers"] = float_weights_of_float_ops(graph)
     summary["int32_biases"] = integer_biases(graph)

@@ -22,7 +22,7 @@ from ..quant import sparse
 from ..recipe.errors import RecipeError
 from ..recipe.schema import FuseEntry, Recipe
 from ..select import resolve_type, select
-from .fold import fold_batchnorm, fold_relu_into_sparse, is_batchnorm, is_foldable_layer
+from .fold import fold_batchnorm, fold_batchnorms, fold_relu_into_sparse, is_batchnorm, is_foldable_layer
 from .registry import FUSIONS
 
 __all__ = ["Fusion", "apply_fusions", "entry_kind", "fuse_block", "fuse_block_entry", "fuse_chains",
@@ -53,10 +53,24 @@ def _element_types(element: str) -> tuple[type, ...]:
     return tuple(resolve_type(part.strip()) for part in element.split("|"))
 
 
-def _in_scope(name: str, scope: list[str] | None) -> bool:
+def _scope_test(scope: list[str] | None):
+    """``name -> bool``: the name is a scope entry or below one. A set lookup per dotted prefix of the name
+    (depth-many), not a scan of the scope: a ``within`` selector can select thousands of modules."""
     if scope is None:
-        return True
-    return any(name == s or name.startswith(s + ".") for s in scope)
+        return lambda name: True
+    roots = set(scope)
+
+    def test(name: str) -> bool:
+        if name in roots:
+            return True
+        cut = name.rfind(".")
+        while cut > 0:
+            if name[:cut] in roots:
+                return True
+            cut = name.rfind(".", 0, cut)
+        return False
+
+    return test
 
 
 def _set_child(parent: nn.Module, key: str, module: nn.Module) -> None:
@@ -68,9 +82,10 @@ def fuse_chains(model: nn.Module, pattern: list[str], *, scope: list[str] | None
     """Fold every run of ``pattern`` (e.g. [Conv2d, BatchNorm2d, ReLU]) inside Sequential containers."""
     options = options or {}
     types = [_element_types(e) for e in pattern]
-    fusions: list[Fusion] = []
     kinds = _containers()
     width = len(types)
+    in_scope = _scope_test(scope)
+    runs: list[tuple[nn.Module, list[str], list[nn.Module], list[str]]] = []
     # snapshot the containers only (folding replaces children, never containers)
     parents = [(name, module) for name, module in model.named_modules() if isinstance(module, kinds)]
     for parent_name, parent in parents:
@@ -80,21 +95,28 @@ def fuse_chains(model: nn.Module, pattern: list[str], *, scope: list[str] | None
             run = [parent._modules[keys[index + j]] for j in range(width)]
             if all(isinstance(m, t) for m, t in zip(run, types, strict=True)):
                 names = [f"{parent_name}.{key}" if parent_name else key for key in keys[index:index + width]]
-                if _in_scope(names[0], scope):
-                    fusions.append(_fold_run(parent, keys[index:index + width], run, names, options, entry))
+                if in_scope(names[0]):
+                    runs.append((parent, keys[index:index + width], _checked_run(run, names, entry), names))
                     index += width
                     continue
             index += 1
-    return fusions
+    # every run found first, then the BN maths of all of them in one pass (fold_batchnorms)
+    fold_batchnorms([(run[0], run[1], names[1]) for _, _, run, names in runs],
+                    allow_training=bool(options.get("allow_training")))
+    return [_replace_folded(parent, keys, run, names, options, entry) for parent, keys, run, names in runs]
 
 
-def _fold_run(parent: nn.Module, keys: list[str], run: list[nn.Module], names: list[str],
-              options: dict[str, Any], entry: int) -> Fusion:
-    layer, bn, *rest = run
-    if not is_foldable_layer(layer) or not is_batchnorm(bn):
+def _checked_run(run: list[nn.Module], names: list[str], entry: int) -> list[nn.Module]:
+    if not is_foldable_layer(run[0]) or not is_batchnorm(run[1]):
         raise RecipeError(f"fuse[{entry}]: pattern must be [conv-like, BatchNorm(, ReLU)], got "
                           f"[{', '.join(type(m).__name__ for m in run)}] at {names[0]}")
-    fold_batchnorm(layer, bn, name=names[1], allow_training=bool(options.get("allow_training")))
+    return run
+
+
+def _replace_folded(parent: nn.Module, keys: list[str], run: list[nn.Module], names: list[str],
+                    options: dict[str, Any], entry: int) -> Fusion:
+    """The folded BN (and a ReLU folded into a sparse conv) become ``nn.Identity``."""
+    layer, _bn, *rest = run
     _set_child(parent, keys[1], nn.Identity())
     folded = names[:2]
     if rest and isinstance(rest[0], nn.ReLU) and sparse.is_sparse_conv(layer) and options.get("fuse_relu", True):
@@ -158,8 +180,9 @@ def fuse_block_entry(model: nn.Module, scope: list[str] | None, options: Any, *,
     """The ``block`` kind: :func:`fuse_block` on every module of type ``entry.block`` in scope."""
     block_type = resolve_type(entry.block)
     found: list[Fusion] = []
+    in_scope = _scope_test(scope)
     for name, module in list(model.named_modules()):
-        if isinstance(module, block_type) and _in_scope(name, scope):
+        if isinstance(module, block_type) and in_scope(name):
             found += fuse_block(module, name, entry.roles, options=_as_dict(options), entry=index)
     return found
 

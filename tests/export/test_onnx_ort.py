@@ -55,6 +55,12 @@ def test_centerpoint_bev_upsampling_becomes_integer(tmp_path) -> None:
     assert placed["kernels"]["QLinearConv"] == 10 and placed["kernels"].get("Conv", 0) == 1
     assert "ConvTranspose" not in placed["kernels"] and placed["kernels"]["QLinearConcat"] == 1
     assert bev["sqnr_runtime_db"] >= bev["sqnr_pytorch_db"]
+    # no node whose output nothing reads (the float head conv's weight DequantizeLinear went with its weight:
+    # onnxruntime keeps such a node and runs it on every call)
+    graph = onnx.load(tmp_path / "bev.onnx").graph
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    assert [n.name for n in graph.node if not any(o in read for o in n.output)] == []
+    assert placed["kernels"].get("DequantizeLinear", 0) == 1  # the head conv's input only
 
 
 def _digits_placed():
@@ -113,3 +119,37 @@ def test_fp16_and_tensorrt_from_an_onnxruntime_file_are_refused(tmp_path) -> Non
 def test_fused_ops_counts_what_onnxruntime_built() -> None:
     placed, feeds, _, _ = _digits_placed()
     assert fused_ops(placed.SerializeToString())["QLinearConv"] == 6
+
+
+def test_output_ranges_make_the_head_conv_an_integer_kernel() -> None:
+    import torch
+
+    loaded, model, batches, forward = _prepared("centerpoint_int8", [
+        "data.calibration.kwargs.count=2", "data.calibration.kwargs.batch_size=2", "calibration.batches=1",
+        "calibration.method=max", "export=[]"])
+    seen = []
+    handle = model.bev.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    with torch.no_grad():
+        forward(model, batches[0])
+    handle.remove()
+    x = seen[0]
+    qdq = export_qdq(model.bev, (x,), {}).model
+    with torch.no_grad():
+        pytorch = [model.bev(x)]
+        with quantizers_off(get_state(model)):
+            fp32 = [model.bev(x)]
+    out = qdq.graph.output[0].name
+    ranged = copy.deepcopy(qdq)
+    summary = place_for_onnxruntime(ranged, output_ranges={out: (float(pytorch[0].min()), float(pytorch[0].max())),
+                                                           "not_an_output": (0.0, 1.0)})
+    assert summary["quantized_outputs"] == 1 and summary["float_output_layers"] == 0
+    kernels = fused_ops(ranged.SerializeToString())
+    assert kernels["QLinearConv"] == 11 and "Conv" not in kernels  # the head conv too
+    (runtime,) = run_onnxruntime(ranged.SerializeToString(), {qdq.graph.input[0].name: x.numpy()}, optimization="all")
+    step = (float(pytorch[0].max()) - min(float(pytorch[0].min()), 0.0)) / 255
+    default = copy.deepcopy(qdq)
+    place_for_onnxruntime(default)
+    (plain,) = run_onnxruntime(default.SerializeToString(), {qdq.graph.input[0].name: x.numpy()}, optimization="all")
+    # the output on a uint8 grid of the calibrated range: within one step of the float-head file's output
+    assert np.abs(runtime - plain).max() <= 1.01 * step and np.abs(runtime - plain).max() > 0
+    check_against_fp32([runtime], pytorch, fp32, ["output"], 1.0)

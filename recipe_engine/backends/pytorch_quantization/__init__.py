@@ -54,6 +54,35 @@ QUANTIZED_DENSE_CLASSES = tuple(cls for cls, _, _ in DENSE_QUANT_CLASSES.values(
 _SLOTS = {"input": "_input_quantizer", "weight": "_weight_quantizer"}
 
 
+#: One pristine ``TensorQuantizer`` per distinct constructor arguments, never handed out (see _fresh_quantizer).
+_PROTOTYPES: dict[tuple, Quantizer] = {}
+
+
+def _fresh_quantizer(fields: dict, disabled: bool = False, calibrator: bool = True) -> Quantizer:
+    """``TensorQuantizer(QuantDescriptor(**fields), disabled=disabled)`` without running its constructor.
+
+    The constructor assigns ~15 attributes through ``nn.Module.__setattr__`` (about 60 us a quantizer, most of
+    a 10k-module recipe application). A quantizer without amax buffer or Clip module is plain attributes and
+    empty containers, so a copy of a prototype built once by the library's constructor is the same object:
+    every container (parameter/buffer/module dicts, hook dicts) is copied, so none is shared, and the
+    calibrator is a new one of the prototype's kind (``calibrator=False``: None, for a caller that sets one).
+    """
+    key = (disabled, *sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in fields.items()))
+    prototype = _PROTOTYPES.get(key)
+    if prototype is None:
+        prototype = _PROTOTYPES[key] = Quantizer(QuantDescriptor(**fields), disabled=disabled)
+    quantizer = Quantizer.__new__(Quantizer)
+    state = {k: (v.copy() if isinstance(v, (dict, set)) else v) for k, v in prototype.__dict__.items()}
+    if "_calibrator" in state and not calibrator:
+        state["_calibrator"] = None  # the caller sets its own
+    elif "_calibrator" in state:  # the library's own kind, fresh
+        model = state["_calibrator"]
+        fresh = MaxCalibrator if type(model) is MaxCalibrator else HistogramCalibrator
+        state["_calibrator"] = fresh(model._num_bits, model._axis, model._unsigned)
+    quantizer.__dict__.update(state)
+    return quantizer
+
+
 class PytorchQuantizationBackend:
     name = "pytorch-quantization"
 
@@ -62,11 +91,13 @@ class PytorchQuantizationBackend:
         if getattr(spec, "format", "int") != "int":
             raise ValueError(f"format {spec.format!r} needs the modelopt backend (backend: modelopt)")
         axis = spec.axis if spec.axis is not None else (channel_axis if spec.per_channel else None)
-        descriptor = QuantDescriptor(
-            num_bits=spec.num_bits, axis=axis, unsigned=spec.unsigned, narrow_range=spec.narrow_range,
-            calib_method=spec.calibrator, learn_amax=spec.learn_amax, fake_quant=spec.fake_quant, amax=spec.amax,
-        )
-        quantizer = Quantizer(descriptor)
+        fields = dict(num_bits=spec.num_bits, axis=axis, unsigned=spec.unsigned, narrow_range=spec.narrow_range,
+                      calib_method=spec.calibrator, learn_amax=spec.learn_amax, fake_quant=spec.fake_quant,
+                      amax=spec.amax)
+        if spec.learn_amax or spec.amax is not None:  # a Clip module or an amax buffer: built the library's way
+            quantizer = Quantizer(QuantDescriptor(**fields))
+        else:
+            quantizer = _fresh_quantizer(fields, calibrator=spec.calibrator != "histogram")  # (replaced below)
         if spec.calibrator == "histogram":
             quantizer._calibrator = calibrators.FastHistogramCalibrator(
                 spec.num_bits, axis, spec.unsigned, num_bins=calibration.num_bins, skip_zeros=calibration.skip_zeros)
@@ -75,7 +106,7 @@ class PytorchQuantizationBackend:
         return quantizer
 
     def identity_quantizer(self) -> Quantizer:
-        return Quantizer(QuantDescriptor(num_bits=8), disabled=True)
+        return _fresh_quantizer({"num_bits": 8}, disabled=True)
 
     def owns(self, obj: object) -> bool:
         return isinstance(obj, Quantizer)
