@@ -22,6 +22,7 @@ from ..quant import sparse
 from ..recipe.errors import RecipeError
 from ..recipe.schema import FuseEntry, Recipe
 from ..select import resolve_type, select
+from ..util.gcpause import no_gc_passes
 from .fold import fold_batchnorm, fold_batchnorms, fold_relu_into_sparse, is_batchnorm, is_foldable_layer
 from .registry import FUSIONS
 
@@ -196,6 +197,7 @@ def entry_kind(fuse_entry: FuseEntry) -> str:
     return "pattern" if fuse_entry.pattern is not None else "block" if fuse_entry.block is not None else fuse_entry.use
 
 
+@no_gc_passes
 def apply_fusions(model: nn.Module, recipe: Recipe, phase: str = "before_calibration") -> list[Fusion]:
     """Apply the recipe's fuse entries of ``phase`` in order; an entry that folds nothing is an error."""
     done: list[Fusion] = []

@@ -17,6 +17,7 @@ from .. import backends
 from ..recipe.errors import RecipeError
 from ..recipe.schema import QuantizerSpec, QuantizeSpec, Recipe, ShareGroup
 from ..select import match_name, select, select_names
+from ..util.gcpause import no_gc_passes
 from . import backend, kinds
 from .ops import SITES_ATTR, OpSiteQuantizers, discover_sites, install_op_hooks
 
@@ -167,6 +168,7 @@ def plan_quantization(model: nn.Module, recipe: Recipe) -> QuantPlan:
     return plan
 
 
+@no_gc_passes
 def apply_quantization(model: nn.Module, recipe: Recipe, *, plan: QuantPlan | None = None,
                        op_sites: dict[str, list[str]] | None = None,
                        run_forward: Callable[[], object] | None = None) -> QuantState:
