@@ -10,6 +10,7 @@ from torch import nn
 from .quant.apply import QuantState, apply_quantization
 from .recipe.errors import RecipeError
 from .recipe.loader import LoadedRecipe
+from .util.gcpause import no_gc_passes
 
 
 def _first_batch_runner(model: nn.Module, batches: Iterable | None, forward: Callable) -> Callable[[], Any] | None:
@@ -30,6 +31,7 @@ def _first_batch_runner(model: nn.Module, batches: Iterable | None, forward: Cal
     return run
 
 
+@no_gc_passes
 def apply_loaded(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | None, forward: Callable,
                  op_sites: dict[str, list[str]] | None) -> QuantState:
     """Fusions (phase before_calibration) and quantizers; op sites from ``op_sites`` or one batch."""
