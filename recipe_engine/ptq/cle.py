@@ -29,7 +29,7 @@ from ..quant import backend, sparse
 from ..recipe.errors import RecipeError
 from .context import Layer, PtqContext, capture, flat_tensors, outputs_of
 from .settings import CleStep
-from .weights import fresh_amax, from_oi, oi_view, supports_oi, weight_view
+from .weights import fresh_amax, from_oi, oi_view, refresh_statistics, supports_oi, weight_view
 
 
 def _is_depthwise(module: nn.Module) -> bool:
@@ -217,4 +217,5 @@ def _recalibrate(ctx: PtqContext, pairs: list[tuple[str, str]], modules: dict[st
             continue
         seen = [outputs_of(r.args[0]) for r in inputs[name]]
         backend.set_amax(quantizer, fresh_amax(quantizer, seen, ctx.method_of(quantizer), ctx.calibration))
+        refresh_statistics(quantizer, seen, ctx.calibration)  # the report's histograms: what it now reads
     return shared

@@ -34,7 +34,7 @@ from . import input_scale
 from .cle import quantizers_off
 from .context import Layer, PtqContext, capture, outputs_of, relative_error, run_module
 from .settings import SmoothStep
-from .weights import fresh_amax, from_oi, histogram, layout, oi_view, weight_view
+from .weights import fresh_amax, from_oi, layout, oi_view, refresh_statistics, weight_view
 
 
 def refusal(ctx: PtqContext, layer: Layer, sharing: dict[int, list[str]]) -> str | None:
@@ -126,14 +126,7 @@ class _Smoother:
     def refresh_statistics(self) -> None:
         """The input quantizer's calibration statistics of what it now sees (the report's histograms and
         clipping figures read them; the ones calibration collected are of the unscaled input)."""
-        stats = backend.calibration_statistics(self.q_in)
-        if not stats:
-            return
-        if "hist" in stats:
-            fresh = histogram(self.seen, int(stats["hist"].numel()), getattr(self.ctx.calibration, "skip_zeros", False))
-        else:
-            fresh = {"amax": torch.stack([x.detach().abs().amax() for x in self.seen]).amax().to(stats["amax"])}
-        backend.load_calibration_statistics(self.q_in, {**stats, **fresh})
+        refresh_statistics(self.q_in, self.seen, self.ctx.calibration)
 
     def restore(self) -> None:
         with torch.no_grad():

@@ -174,3 +174,16 @@ def histogram(tensors: Sequence[torch.Tensor], bins: int, skip_zeros: bool = Fal
             values = values[values != 0]
         hist += torch.histc(values, bins=bins, min=0.0, max=top).double()
     return {"hist": hist, "edges": torch.linspace(0.0, top, bins + 1)}
+
+
+def refresh_statistics(quantizer: nn.Module, seen: Sequence[torch.Tensor], calibration) -> None:
+    """Replace ``quantizer``'s calibration statistics by those of ``seen`` (what it reads after a step
+    changed its input); the report's histograms and clipping figures read them."""
+    stats = backend.calibration_statistics(quantizer)
+    if not stats:
+        return
+    if "hist" in stats:
+        fresh = histogram(seen, int(stats["hist"].numel()), getattr(calibration, "skip_zeros", False))
+    else:
+        fresh = {"amax": torch.stack([x.detach().abs().amax() for x in seen]).amax().to(stats["amax"])}
+    backend.load_calibration_statistics(quantizer, {**stats, **fresh})

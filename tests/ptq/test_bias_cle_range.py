@@ -71,6 +71,17 @@ def test_cle_equalises_ranges_and_keeps_fp32_outputs(net) -> None:
     for batch in calib:
         out, ref = _run(after, batch), _run(reference, batch)
         assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
+    # the second layers' input statistics (the report's histograms) are of what they read after equalisation
+    for _, second in pairs:
+        reads: list[float] = []
+        hook = dict(after.named_modules())[second].register_forward_pre_hook(
+            lambda _m, args, seen=reads: seen.append(float(getattr(args[0], "features", args[0]).abs().max())))
+        for batch in calib:
+            _run(after, batch)
+        hook.remove()
+        stats = backend.calibration_statistics(backend.module_quantizer(modules[second], "input"))
+        top = stats["edges"][-1] if "edges" in stats else stats["amax"]
+        assert float(top) == pytest.approx(max(reads), rel=1e-5), second
     # the weight amax follows the new weights (max calibrator: per channel |w| max)
     for name in {n for pair in pairs for n in pair}:
         quantizer = backend.module_quantizer(modules[name], "weight")
