@@ -8,7 +8,7 @@ from pytorch_quantization.calib import MaxCalibrator
 from pytorch_quantization.tensor_quant import QuantDescriptor
 
 from recipe_engine.backends.pytorch_quantization import BACKEND, _fresh_quantizer
-from recipe_engine.backends.pytorch_quantization.calibrators import FastHistogramCalibrator
+from recipe_engine.backends.pytorch_quantization.calibrators import FastHistogramCalibrator, FastMaxCalibrator
 from recipe_engine.recipe import load_recipe_data
 
 FIELDS = dict(num_bits=8, axis=0, unsigned=False, narrow_range=True, calib_method="max", learn_amax=False,
@@ -51,7 +51,7 @@ def test_make_quantizer_kinds() -> None:
     m = BACKEND.make_quantizer(spec.quantizers["m"], calibration, channel_axis=0)
     learned = BACKEND.make_quantizer(spec.quantizers["l"], calibration)
     assert isinstance(h._calibrator, FastHistogramCalibrator) and h.axis is None
-    assert type(m._calibrator) is MaxCalibrator and m.axis == 0 and m._calibrator._axis == 0
+    assert isinstance(m._calibrator, FastMaxCalibrator) and m.axis == 0 and m._calibrator._axis == 0
     assert hasattr(learned, "clip") and float(learned.amax) == 2.0  # built by the library's constructor
     identity = BACKEND.identity_quantizer()
     assert identity._disabled and not BACKEND.is_enabled(identity)
