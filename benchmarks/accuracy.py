@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         if settings.out:
             settings.out.write_text(render(done + 1))
     text = render(len(jobs))
-    print(text, flush=True)
+    sys.stdout.write(text)
+    sys.stdout.flush()
     if settings.out:
         settings.out.write_text(text)
 
