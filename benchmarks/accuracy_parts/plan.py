@@ -2,9 +2,10 @@
 
 A :class:`RowPlan` is one method: its label, what produces it (recipe + ``--set`` overrides, or the peer's
 configuration), a ``measure(seed)`` callable, whether it depends on the seed, and a priority that orders
-the run: every model's fast rows first, then PointPillars' slow reconstruction rows and the QAT runs, then
+the run: every model's fast rows first, then the QAT runs, PointPillars' slow reconstruction rows, then
 the other models' PTQ-step rows (minutes each on CenterPoint and BEVFusion), so that a run cut short has
-the most informative figures.
+the most informative figures (priorities: 0 fast rows, 1 QAT, 2-4 PointPillars' adaround, range_search +
+adaround, brecq, 5 the other models' PTQ steps except cle).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from . import engine_rows, handwritten_rows, peers
 from .common import RECIPES, Measure
 from .models import BEST_COMBINATION, METHODS, SLOW_STEPS, STEPS, ModelSpec, Settings
+
+#: Run order of PointPillars' slow rows, after every QAT run (priority 1): adaround, the best combination, brecq.
+PP_SLOW = {("adaround",): 2, BEST_COMBINATION: 3, ("brecq",): 4}
 
 
 @dataclass
@@ -51,7 +55,7 @@ def plan(spec: ModelSpec, settings: Settings) -> list[RowPlan]:
     for steps in [(s,) for s in STEPS] + [BEST_COMBINATION]:
         overrides = settings.ptq(steps, spec)
         slow = any(s in SLOW_STEPS for s in steps)
-        priority = (1 if slow else 0) if pp else (0 if steps == ("cle",) else 2)
+        priority = (PP_SLOW.get(steps, 0) if slow else 0) if pp else (0 if steps == ("cle",) else 5)
         label = f"INT8 + PTQ {' + '.join(steps)}" + (" (quick budget)" if settings.quick else "")
         rows.append(RowPlan(label, _how(recipe, overrides),
                             functools.partial(lambda s, o: engine_rows.ptq_row(spec, settings, o, s), o=overrides),
