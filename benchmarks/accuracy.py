@@ -84,8 +84,8 @@ def footer(settings: Settings, seconds: float, done: int, total: int) -> str:
     return "\n".join([
         f"Run {status}, {seconds:.0f} s, torch {torch.__version__}, {settings.threads} threads.",
         "",
-        "Figures: mean ± sample standard deviation over the calibration seeds listed per row (seeds 0, 1, 2: "
-        "`--set data.calibration.kwargs.seed=N`, which calibration scenes are drawn from the calib split); rows "
+        "Figures: mean ± sample standard deviation over the calibration seeds listed per row "
+        "(`--set data.calibration.kwargs.seed=N`: which calibration scenes are drawn from the calib split); rows "
         "that do not depend on the seed are measured once. Detectors: test = `data.test` (held out), val = "
         "`data.validation` (what `tune:` and QAT `keep_best` select on), "
         + ("16 scenes each (--quick)" if settings.quick else "48 scenes each") + "; digits: its one split (360 "
