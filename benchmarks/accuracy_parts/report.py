@@ -25,7 +25,7 @@ def model_table(name: str, metric: str, rows: Sequence[Row], has_val: bool) -> s
     fp32 = rows[0]
     ref_test, _ = mean_spread(fp32.values("test"))
     ref_val, _ = mean_spread(fp32.values("val"))
-    split = "test" if has_val else "the one split"
+    split = "test" if has_val else "(one split)"
     header = ["method", f"{metric} {split}", "drop", *([f"{metric} val", "drop val"] if has_val else []),
               "quantize s", "seeds", "produced by", "notes"]
     out = []
