@@ -64,6 +64,8 @@ def parse(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--seeds", default="0,1,2", help="calibration subset seeds, comma-separated")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch/onnxruntime threads")
     parser.add_argument("--out", type=Path, help="also write the tables to this file (after every measurement)")
+    parser.add_argument("--only", default="", help="comma-separated label substrings (case-insensitive): measure "
+                                                   "only those rows (and FP32), e.g. --only smooth,hand-written")
     args = parser.parse_args(argv)
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     unknown = [m for m in models if m not in MODELS]
@@ -75,7 +77,8 @@ def parse(argv: list[str] | None = None) -> Settings:
         parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     if not seeds:
         parser.error("--seeds: give at least one seed")
-    return Settings(args.quick, seeds, args.threads, models, args.out)
+    only = tuple(o.strip().lower() for o in args.only.split(",") if o.strip())
+    return Settings(args.quick, seeds, args.threads, models, args.out, only)
 
 
 def footer(settings: Settings, seconds: float, done: int, total: int) -> str:
@@ -125,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = [Row(name, p.label, p.how, status=p.status) for p in plans]
         for row_index, p in enumerate(plans):
             if p.measure is None:
+                continue
+            if settings.only and p.label != "FP32" and not any(o in p.label.lower() for o in settings.only):
+                rows[row_index].status = "not run (--only)"
                 continue
             for seed_index, seed in enumerate(settings.seeds if p.seeded else settings.seeds[:1]):
                 jobs.append(((p.priority, model_index, row_index, seed_index), rows[row_index], p, seed))

@@ -39,6 +39,7 @@ class ModelSpec:
     tune_strategy: str = "leave_one_out"
     extra_recipes: tuple[tuple[str, str], ...] = ()  # (label, file in recipes/): rows when the file exists
     detector: bool = True
+    sparse: str | None = None  # the spconv encoder's module path (Model-Optimizer leaves it FP32)
 
     @property
     def recipe(self) -> Path:
@@ -63,9 +64,9 @@ MODELS: dict[str, ModelSpec] = {
                        ("smooth PTQ step", "pointpillars_int8_smooth.yaml"))),
     "digits": ModelSpec("digits", "top1", (DenseSpec(""),), detector=False),
     "centerpoint": ModelSpec("centerpoint", "mAP", (DenseSpec("bev"),), qat_recipe="centerpoint_qat.yaml",
-                             tune_strategy="fidelity"),
+                             tune_strategy="fidelity", sparse="encoder"),
     "bevfusion": ModelSpec("bevfusion", "mAP", (DenseSpec("camera"), DenseSpec("bev")),
-                           tune_strategy="fidelity"),
+                           tune_strategy="fidelity", sparse="lidar"),
 }
 
 
@@ -78,7 +79,7 @@ class Settings:
     threads: int
     models: tuple[str, ...]
     out: Path | None = None
-    skip: tuple[str, ...] = field(default_factory=tuple)  # row kinds left out (--skip)
+    only: tuple[str, ...] = field(default_factory=tuple)  # --only: measure just rows whose label has one of these
 
     # ------------------------------------------------------------------ overrides
     def base(self, spec: ModelSpec) -> list[str]:

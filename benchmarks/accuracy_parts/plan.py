@@ -67,6 +67,11 @@ def plan(spec: ModelSpec, settings: Settings) -> list[RowPlan]:
                                 functools.partial(lambda s, p: engine_rows.ptq_row(spec, settings, [], s, p), p=path)))
         else:
             rows.append(RowPlan(f"INT8, {label}", f"`recipes/{name}`", None, status="not present"))
+    if spec.sparse:  # the quantized set Model-Optimizer's default reaches: it has no spconv layers
+        overrides = [f"disable+=[{spec.sparse}]"]
+        rows.append(RowPlan(f"INT8, sparse encoder `{spec.sparse}` in full precision (Model-Optimizer's reach)",
+                            _how(recipe, overrides),
+                            functools.partial(lambda s, o: engine_rows.ptq_row(spec, settings, o, s), o=overrides)))
     tune = settings.tune(spec)
     rows.append(RowPlan(f"INT8 + `tune:` ({spec.tune_strategy}, max drop 0.5 on validation)", _how(recipe, tune),
                         lambda s: engine_rows.recipe_row(spec, settings, tune, s, "int8")))
@@ -96,11 +101,16 @@ def plan(spec: ModelSpec, settings: Settings) -> list[RowPlan]:
                 ("handwritten_pointpillars", "hand-written pytorch-quantization (NVIDIA style, MSE)", {}),
                 ("handwritten_pointpillars", "hand-written pytorch-quantization, first layer FP16 (NVIDIA style)",
                  {"first_layer_fp16": True}),
+                ("handwritten_pointpillars", "hand-written pytorch-quantization (NVIDIA style, percentile 99.99)",
+                 {"method": "percentile"}),
+                ("handwritten_pointpillars",
+                 "hand-written pytorch-quantization, first layer FP16 (NVIDIA style, percentile 99.99)",
+                 {"method": "percentile", "first_layer_fp16": True}),
                 ("modelopt_pointpillars", "Model-Optimizer INT8 default (`modelopt_pointpillars.py`)", {})):
             present = handwritten_rows.optional(module) is not None
             call = functools.partial(lambda s, m, k: handwritten_rows.module_row(m, settings, s, **k), m=module,
                                      k=kwargs)
-            rows.append(RowPlan(label, f"`benchmarks/accuracy_parts/{module}.py`" + (
-                " `first_layer_fp16=True`" if kwargs else ""), call if present else None,
+            rows.append(RowPlan(label, f"`benchmarks/accuracy_parts/{module}.py`" + "".join(
+                f" `{k}={v!r}`" for k, v in kwargs.items()), call if present else None,
                 status="" if present else "not present"))
     return rows
