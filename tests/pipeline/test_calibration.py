@@ -72,7 +72,8 @@ def test_nan_data_fails_loudly() -> None:
         calibrate(model, {**RECIPE, "calibration": {"method": "max"}}, bad)
 
 
-def test_save_load_round_trip_is_identical_on_cpu(tmp_path) -> None:
+def _saved_model(tmp_path) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Calibrate the tiny model, save it to ``tmp_path/model.pt``; its batches and output on the first."""
     model = build_dense()
     batches = dense_batches()
     apply(model, RECIPE, batches)
@@ -80,6 +81,11 @@ def test_save_load_round_trip_is_identical_on_cpu(tmp_path) -> None:
     with torch.no_grad():
         expected = model(batches[0])
     save_quantized(model, tmp_path / "model.pt", RECIPE)
+    return batches, expected
+
+
+def test_save_load_round_trip_is_identical_on_cpu(tmp_path) -> None:
+    batches, expected = _saved_model(tmp_path)
     restored = load_quantized(tmp_path / "model.pt", model=build_dense())
     with torch.no_grad():
         got = restored(batches[0])
@@ -96,13 +102,7 @@ def test_load_in_a_fresh_interpreter(tmp_path) -> None:
     import subprocess
     import sys
 
-    model = build_dense()
-    batches = dense_batches()
-    apply(model, RECIPE, batches)
-    calibrate(model, RECIPE, batches)
-    with torch.no_grad():
-        expected = model(batches[0])
-    save_quantized(model, tmp_path / "model.pt", RECIPE)
+    batches, expected = _saved_model(tmp_path)
     torch.save(batches[0], tmp_path / "x.pt")
     torch.save(expected, tmp_path / "y.pt")
     script = (
