@@ -136,12 +136,17 @@ def fp32_copy(model: nn.Module) -> nn.Module:
 
 
 def outputs_of(value: Any) -> torch.Tensor:
-    """The tensor a layer or block output is compared on: the features of a sparse tensor (active voxels)."""
+    """The tensor a layer or block output is compared on: the features of a sparse tensor (active voxels);
+    for a block returning several tensors (an FPN's list of maps), all of them flattened and concatenated
+    in :func:`flat_tensors` order, so the relative error weighs each map by its energy."""
     if sparse.is_sparse_tensor(value):
         return value.features
     if isinstance(value, torch.Tensor):
         return value
-    raise TypeError(f"cannot compare an output of type {type(value).__name__}")
+    tensors = flat_tensors(value) if isinstance(value, (list, tuple, dict)) else []
+    if not tensors:
+        raise TypeError(f"cannot compare an output of type {type(value).__name__} (no floating tensors in it)")
+    return torch.cat([t.reshape(-1) for t in tensors])
 
 
 def flat_tensors(value: Any) -> list[torch.Tensor]:
