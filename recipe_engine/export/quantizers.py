@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 
@@ -80,14 +79,6 @@ def qdq_notes(state: QuantState, module: str, what: str) -> list[str]:
     return notes
 
 
-@contextlib.contextmanager
-def quantizers_off(state: QuantState) -> Iterator[None]:
+def quantizers_off(state: QuantState) -> contextlib.AbstractContextManager[None]:
     """Switch every enabled quantizer off for the block (a faster FP32 forward), then back on."""
-    enabled = [q for _, q in state.unique() if backend.is_enabled(q)]
-    for quantizer in enabled:
-        backend.set_enabled(quantizer, False)
-    try:
-        yield
-    finally:
-        for quantizer in enabled:
-            backend.set_enabled(quantizer, True)
+    return backend.switched_off(q for _, q in state.unique() if backend.is_enabled(q))

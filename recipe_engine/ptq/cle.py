@@ -19,8 +19,7 @@ FP32 reference of later steps is refreshed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
@@ -116,17 +115,9 @@ def equalise(first: nn.Module, second: nn.Module, max_scale: float) -> None:
         second.weight.copy_(from_oi(second, w_b, second.weight).to(second.weight.dtype))
 
 
-@contextmanager
-def quantizers_off(ctx: PtqContext) -> Iterator[None]:
+def quantizers_off(ctx: PtqContext) -> AbstractContextManager[None]:
     """Every enabled quantizer of the model off inside the block (the FP32 function)."""
-    enabled = [q for _, q in ctx.state.unique() if backend.is_enabled(q)]
-    try:
-        for quantizer in enabled:
-            backend.set_enabled(quantizer, False)
-        yield
-    finally:
-        for quantizer in enabled:
-            backend.set_enabled(quantizer, True)
+    return backend.switched_off(q for _, q in ctx.state.unique() if backend.is_enabled(q))
 
 
 def _fp32_outputs(ctx: PtqContext, batches: list) -> list[list[torch.Tensor]]:

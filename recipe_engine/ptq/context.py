@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,17 +226,9 @@ def relative_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((output - target) ** 2).mean() / (target.detach() ** 2).mean().clamp_min(1e-20)
 
 
-@contextmanager
-def weight_quantizers_off(layers: Sequence[Layer]) -> Iterator[None]:
+def weight_quantizers_off(layers: Sequence[Layer]) -> AbstractContextManager[None]:
     """Inside the block the layers' weight quantizers pass weights through (their amax is kept)."""
-    quantizers = [layer.quantizer("weight") for layer in layers]
-    try:
-        for quantizer in quantizers:
-            backend.set_enabled(quantizer, False)
-        yield
-    finally:
-        for quantizer in quantizers:
-            backend.set_enabled(quantizer, True)
+    return backend.switched_off(layer.quantizer("weight") for layer in layers)
 
 
 @contextmanager

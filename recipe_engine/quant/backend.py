@@ -167,6 +167,19 @@ def is_enabled(quantizer: Quantizer) -> bool:
 
 
 @contextmanager
+def switched_off(quantizers) -> Iterator[None]:
+    """Switch ``quantizers`` off for the block, then on again (pass the enabled ones)."""
+    quantizers = list(quantizers)
+    try:
+        for quantizer in quantizers:
+            set_enabled(quantizer, False)
+        yield
+    finally:
+        for quantizer in quantizers:
+            set_enabled(quantizer, True)
+
+
+@contextmanager
 def export_mode() -> Iterator[None]:
     """Inside the block, every loaded backend's quantizers trace to ONNX QuantizeLinear/DequantizeLinear."""
     with ExitStack() as stack:
