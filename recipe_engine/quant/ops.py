@@ -1,12 +1,15 @@
 """Op-input quantization: quantize the inputs of ``+`` and ``torch.cat`` inside a module's forward.
 
 No model source is edited and nothing global is patched: while a selected module's own
-forward runs, a :class:`torch.overrides.TorchFunctionMode` is active (entered by a forward
-pre-hook, left by a forward hook that also runs on exceptions). It intercepts
+forward runs, a :class:`torch.overrides.TorchFunctionMode` is active (pushed by a forward
+pre-hook, popped by a forward hook that also runs on exceptions). It intercepts
 ``Tensor.add``/``__add__``/``__radd__``/``__iadd__``/``add_``, ``torch.add`` and
 ``torch.cat`` with at least two tensor operands, *only* when they execute directly in that
 module's forward (not inside one of its child modules: hooks on the children keep a depth
-count). All inputs of one op site go through one quantizer (TensorRT wants one scale per
+count, and the mode is popped while a child runs, so a child's own torch calls cost nothing:
+spconv's CPU convolution makes ~40 torch calls per kernel offset, 16k per zoo CenterPoint
+batch, all of them intercepted before). One mode per thread serves every owner: it hands an op
+to the innermost running owner. All inputs of one op site go through one quantizer (TensorRT wants one scale per
 add/concat). Sites are numbered per kind in execution order and named
 ``<module path>.add0``, ``<module path>.cat1`` ...; they are found by one discovery
 forward before quantizers are created.
@@ -14,6 +17,7 @@ forward before quantizers are created.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,22 +42,52 @@ def _is_float_tensor(value: object) -> bool:
 
 @dataclass
 class _Frame:
+    """One running forward of an owner: its child depth and per-kind site counters."""
+
+    hooks: OpSiteHooks
     depth: int = 0
     counters: dict[str, int] = field(default_factory=dict)
     child_handles: list = field(default_factory=list)
-    mode: TorchFunctionMode | None = None
+
+
+class _Running(threading.local):
+    """Per thread: the owner forwards running (innermost last) and the one mode, while it is pushed."""
+
+    def __init__(self) -> None:
+        self.frames: list[_Frame] = []
+        self.mode: _DirectOpMode | None = None
+
+
+_RUNNING = _Running()
+
+
+def _sync_mode() -> None:
+    """Push the mode while the innermost running owner executes its own code, pop it while one of its children
+    runs (so a child's torch calls, e.g. spconv's per-offset gather/mm/scatter loop, are not intercepted).
+
+    The decision depends only on the state, so the order in which the hooks of a module that is both an owner
+    and another owner's child run does not matter. The mode is only popped from the top of torch's mode stack;
+    below another mode it stays pushed and passes calls through (the depth check), as before."""
+    running = _RUNNING
+    want = bool(running.frames) and running.frames[-1].depth == 0
+    if want and running.mode is None:
+        running.mode = _DirectOpMode()
+        torch._C._push_on_torch_function_stack(running.mode)
+    elif not want and running.mode is not None:
+        size = torch._C._len_torch_function_stack()
+        if size and torch._C._get_function_stack_at(size - 1) is running.mode:
+            torch._C._pop_torch_function_stack()
+            running.mode = None
 
 
 class _DirectOpMode(TorchFunctionMode):
-    def __init__(self, site: OpSiteHooks, frame: _Frame):
-        super().__init__()
-        self.site = site
-        self.frame = frame
+    """Routes the add/cat calls made directly in the innermost running owner's forward to its op-site hooks."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         kind = _KIND_OF.get(getattr(func, "__name__", ""))
-        if kind is None or self.frame.depth != 0 or kind not in self.site.kinds:
+        frames = _RUNNING.frames
+        if kind is None or not frames or frames[-1].depth != 0 or kind not in frames[-1].hooks.kinds:
             return func(*args, **kwargs)
         if kind == "add":
             if len(args) < 2 or not (_is_float_tensor(args[0]) and _is_float_tensor(args[1])):
@@ -63,10 +97,10 @@ class _DirectOpMode(TorchFunctionMode):
             if not isinstance(tensors, (list, tuple)) or len(tensors) < 2 or \
                     not all(_is_float_tensor(t) for t in tensors):
                 return func(*args, **kwargs)
-        index = self.frame.counters.get(kind, 0)
-        self.frame.counters[kind] = index + 1
-        site = f"{kind}{index}"
-        return self.site.call(site, kind, func, args, kwargs)
+        frame = frames[-1]
+        index = frame.counters.get(kind, 0)
+        frame.counters[kind] = index + 1
+        return frame.hooks.call(f"{kind}{index}", kind, func, args, kwargs)
 
 
 class OpSiteQuantizers(nn.ModuleDict):
@@ -96,26 +130,30 @@ class OpSiteHooks:
 
     # -- lifecycle -------------------------------------------------------------------
     def _enter(self, module: nn.Module, args) -> None:
-        frame = _Frame()
+        frame = _Frame(self)
         for child in module.children():
             frame.child_handles.append(child.register_forward_pre_hook(lambda *_: self._depth(frame, +1)))
             frame.child_handles.append(child.register_forward_hook(lambda *_: self._depth(frame, -1),
                                                                    always_call=True))
-        frame.mode = _DirectOpMode(self, frame)
-        frame.mode.__enter__()
         self._frames.append(frame)
+        _RUNNING.frames.append(frame)
+        _sync_mode()
 
     def _leave(self, module: nn.Module, args, output) -> None:
         if not self._frames:
             return
         frame = self._frames.pop()
-        frame.mode.__exit__(None, None, None)
+        running = _RUNNING.frames
+        if frame in running:  # innermost normally; on an exception unwinding several owners, still this one
+            running.remove(frame)
         for handle in frame.child_handles:
             handle.remove()
+        _sync_mode()
 
     @staticmethod
     def _depth(frame: _Frame, delta: int) -> None:
         frame.depth += delta
+        _sync_mode()
 
     def remove(self) -> None:
         for handle in self.handles:

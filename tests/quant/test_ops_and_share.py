@@ -146,3 +146,49 @@ def test_op_sites_on_a_sequential_subclass_keep_its_forward_working() -> None:
         quantized = root(*batches[0])
     assert quantized.shape == expected.shape
     assert 0 < (quantized - expected).abs().max() < 0.1
+
+
+class _Probe(torch.nn.Module):
+    """Records how many torch-function modes are active while it runs, and adds (so a leaked mode would see it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modes: list[int] = []
+
+    def forward(self, x):
+        self.modes.append(torch._C._len_torch_function_stack())
+        return x + 1.0
+
+
+class _Owner(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.modes: list[int] = []
+
+    def forward(self, x):
+        self.modes.append(torch._C._len_torch_function_stack())
+        y = self.inner(x)
+        self.modes.append(torch._C._len_torch_function_stack())
+        if float(x.sum()) > 1e6:
+            raise ValueError("boom")
+        return y + x
+
+
+def test_op_site_mode_is_off_while_children_run_and_nested_owners_keep_their_sites() -> None:
+    from recipe_engine.quant.ops import discover_sites, install_op_hooks
+
+    probe = _Probe()
+    inner_owner = _Owner(probe)
+    model = _Owner(inner_owner)
+    for owner in (model, inner_owner):
+        install_op_hooks(owner, {"add"})
+    x = torch.ones(3)
+    found = discover_sites(model, {"": model, "inner": inner_owner}, lambda: model(x))
+    assert found == {"": ["add0"], "inner": ["add0"]}  # the probe's add (a child's) is nobody's site
+    assert probe.modes == [0]  # no mode while a plain child runs (before: one mode per running owner, 2)
+    assert inner_owner.modes == [1, 1] and model.modes == [1, 1]
+    assert torch._C._len_torch_function_stack() == 0
+    with pytest.raises(ValueError, match="boom"):
+        model(torch.full((3,), 1e7))
+    assert torch._C._len_torch_function_stack() == 0  # nothing left pushed after an exception
