@@ -8,7 +8,10 @@
 #      on the signal (SQNR vs FP32 within the margin of each other);
 #   2. sparse artifact: run the CenterPoint `scn.onnx` with the sparse reference runtime on CUDA and on
 #      CPU, and assert that both are faithful to the quantized PyTorch encoder (same signal checks) and
-#      that GPU and CPU agree (SQNR of GPU vs CPU >= 40 dB).
+#      that GPU and CPU agree (SQNR of GPU vs CPU >= 40 dB);
+#   3. GPU figures (benchmarks/gpu_speed.py, issue #16): the nuScenes-sized CenterPoint on CUDA (FP32 forward,
+#      statistics collection, amax, fake-quant forward, batch 1 and 4) and TensorRT INT8 vs FP16 latency of its
+#      BEV part; tables printed, written to $OUT/gpu_speed.md. Skip with SKIP_SPEED=1.
 # Usage: scripts/gpu_checks.sh            (from anywhere inside the repo)
 # Env:   CUDA_EXTRA=cu124|cu121|cu118 (spconv wheel, default cu124), PYTHON=python3, VENV=.venv-gpu,
 #        OUT=runs/gpu, SKIP_INSTALL=1 to reuse an existing venv.
@@ -104,4 +107,7 @@ if not agreement >= 40.0:
 print("\n".join(failed) or "sparse artifact: GPU and CPU agree and are faithful")
 sys.exit(1 if failed else 0)
 EOF
+if [[ "${SKIP_SPEED:-0}" != 1 ]]; then
+  "$PY" benchmarks/gpu_speed.py | tee "$OUT/gpu_speed.md"
+fi
 echo "GPU checks passed: $OUT"
