@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -160,46 +161,12 @@ def bev_onnx(fp32: nn.Module, model: nn.Module, batch: dict, fp16: bool) -> tupl
     return plain_model.SerializeToString(), qdq.SerializeToString(), x
 
 
-def build(trt, onnx_bytes: bytes, int8: bool) -> bytes:
-    """A serialized engine: strongly typed on TensorRT >= 11; FP16 (+ INT8 for Q/DQ graphs) flags on 10."""
-    from recipe_engine.export.tensorrt import major_version, network_flags
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_bytes):
-        raise SystemExit("; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)))
-    config = builder.create_builder_config()
-    if major_version(trt.__version__) < 11:
-        config.set_flag(trt.BuilderFlag.FP16)
-        if int8:
-            config.set_flag(trt.BuilderFlag.INT8)
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 4 << 30)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise SystemExit("TensorRT engine build failed (see the log above)")
-    return bytes(serialized)
-
-
-def time_engine(trt, engine_bytes: bytes, x: torch.Tensor, iterations: int, duration_s: float = 3.0) -> dict:
+def time_engine(engine_bytes: bytes, x: np.ndarray, iterations: int, duration_s: float = 3.0) -> dict:
     """trtexec-style timing: 200 ms warm-up, then >= ``iterations`` enqueues and >= ``duration_s``."""
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(engine_bytes)
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    buffers = {}
-    for name in names:
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            dtype = torch.float16 if engine.get_tensor_dtype(name) == trt.DataType.HALF else torch.float32
-            buffers[name] = x.to("cuda", dtype).contiguous()
-            context.set_input_shape(name, tuple(x.shape))
-    for name in names:
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-            dtype = torch.float16 if engine.get_tensor_dtype(name) == trt.DataType.HALF else torch.float32
-            buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype, device="cuda")
-    for name, tensor in buffers.items():
-        context.set_tensor_address(name, tensor.data_ptr())
+    from recipe_engine.export.tensorrt import bind
+
+    bound = bind(engine_bytes, {"bev_features": x})
+    context = bound.context
     stream = torch.cuda.Stream()
     handle = stream.cuda_stream
     warm = time.perf_counter()
@@ -230,13 +197,14 @@ def time_engine(trt, engine_bytes: bytes, x: torch.Tensor, iterations: int, dura
 def tensorrt_table(fp32: nn.Module, model: nn.Module, batch: dict, batch_size: int, iterations: int) -> list[dict]:
     import tensorrt as trt
 
-    from recipe_engine.export.tensorrt import strongly_typed, trtexec_command
+    from recipe_engine.export.tensorrt import build_engine, strongly_typed, trtexec_command
 
     typed = strongly_typed(trt.__version__)
     plain, qdq, x = bev_onnx(fp32, model, batch, fp16=typed)
+    feed = x.numpy().astype(np.float16 if typed else np.float32)
     rows = []
     for label, onnx_bytes, int8 in (("FP16", plain, False), ("INT8 (engine onnx-qdq)", qdq, True)):
-        figures = time_engine(trt, build(trt, onnx_bytes, int8), x, iterations)
+        figures = time_engine(build_engine(onnx_bytes, 4.0, {}, False, int8=int8), feed, iterations)
         rows.append({"batch": batch_size, "precision": label, "input": "x".join(map(str, x.shape)), **figures})
         print(f"[b{batch_size}] TensorRT {label}: median {figures['median_ms']:.3f} ms", file=sys.stderr)
     rows[1]["speedup"] = rows[0]["median_ms"] / rows[1]["median_ms"]
@@ -246,7 +214,6 @@ def tensorrt_table(fp32: nn.Module, model: nn.Module, batch: dict, batch_size: i
 
 
 def dry_run_exports(fp32: nn.Module, model: nn.Module, batch: dict) -> None:
-    import numpy as np
     import onnxruntime as ort
 
     for fp16 in (False, True):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -119,8 +120,10 @@ def trtexec_command(onnx_path: str, engine_path: str, workspace_gb: float,
 
 
 def build_engine(onnx_bytes: bytes, workspace_gb: float, profile: Mapping[str, Mapping[str, list[int]]],
-                 dynamic: bool) -> bytes:
-    """Parse ONNX and build a serialized engine with the TensorRT Python API (10: flags, 11: strongly typed)."""
+                 dynamic: bool, int8: bool = True) -> bytes:
+    """Parse ONNX and build a serialized engine with the TensorRT Python API (10: flags, 11: strongly typed).
+
+    ``int8=False`` (a graph without Q/DQ, e.g. an FP16 baseline) sets only the FP16 flag on TensorRT 10."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -132,7 +135,8 @@ def build_engine(onnx_bytes: bytes, workspace_gb: float, profile: Mapping[str, M
         raise RecipeError(f"tensorrt: the ONNX parser rejected the model: {errors}")
     config = builder.create_builder_config()
     for flag in builder_flags(trt):
-        config.set_flag(flag)
+        if int8 or flag != trt.BuilderFlag.INT8:
+            config.set_flag(flag)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     if dynamic:
         opt_profile = builder.create_optimization_profile()
@@ -145,8 +149,19 @@ def build_engine(onnx_bytes: bytes, workspace_gb: float, profile: Mapping[str, M
     return bytes(serialized)
 
 
-def run_engine(engine_bytes: bytes, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Run a serialized engine once on ``feeds`` (TensorRT >= 8.5 tensor API), outputs as numpy."""
+@dataclass
+class Bound:
+    """A deserialized engine's execution context with its CUDA buffers bound (the runtime and engine are kept
+    alive with it): ready for ``context.execute_async_v3``."""
+
+    context: Any
+    buffers: dict
+    outputs: list[str]
+    keep: tuple
+
+
+def bind(engine_bytes: bytes, feeds: Mapping[str, np.ndarray]) -> Bound:
+    """Deserialize ``engine_bytes``, copy ``feeds`` to CUDA buffers, allocate the outputs, set every address."""
     import tensorrt as trt
     import torch
 
@@ -169,11 +184,19 @@ def run_engine(engine_bytes: bytes, feeds: Mapping[str, np.ndarray]) -> list[np.
             outputs.append(name)
     for name, tensor in buffers.items():
         context.set_tensor_address(name, tensor.data_ptr())
+    return Bound(context, buffers, outputs, (runtime, engine))
+
+
+def run_engine(engine_bytes: bytes, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a serialized engine once on ``feeds`` (TensorRT >= 8.5 tensor API), outputs as numpy."""
+    import torch
+
+    bound = bind(engine_bytes, feeds)
     stream = torch.cuda.Stream()
-    if not context.execute_async_v3(stream.cuda_stream):
+    if not bound.context.execute_async_v3(stream.cuda_stream):
         raise RecipeError("tensorrt: engine execution failed")
     stream.synchronize()
-    return [buffers[n].float().cpu().numpy() for n in outputs]
+    return [bound.buffers[n].float().cpu().numpy() for n in bound.outputs]
 
 
 def save_engine(path: str, engine_bytes: bytes) -> None:
