@@ -50,36 +50,6 @@ class _Frame:
     child_handles: list = field(default_factory=list)
 
 
-class _Running(threading.local):
-    """Per thread: the owner forwards running (innermost last) and the one mode, while it is pushed."""
-
-    def __init__(self) -> None:
-        self.frames: list[_Frame] = []
-        self.mode: _DirectOpMode | None = None
-
-
-_RUNNING = _Running()
-
-
-def _sync_mode() -> None:
-    """Push the mode while the innermost running owner executes its own code, pop it while one of its children
-    runs (so a child's torch calls, e.g. spconv's per-offset gather/mm/scatter loop, are not intercepted).
-
-    The decision depends only on the state, so the order in which the hooks of a module that is both an owner
-    and another owner's child run does not matter. The mode is only popped from the top of torch's mode stack;
-    below another mode it stays pushed and passes calls through (the depth check), as before."""
-    running = _RUNNING
-    want = bool(running.frames) and running.frames[-1].depth == 0
-    if want and running.mode is None:
-        running.mode = _DirectOpMode()
-        torch._C._push_on_torch_function_stack(running.mode)
-    elif not want and running.mode is not None:
-        size = torch._C._len_torch_function_stack()
-        if size and torch._C._get_function_stack_at(size - 1) is running.mode:
-            torch._C._pop_torch_function_stack()
-            running.mode = None
-
-
 class _DirectOpMode(TorchFunctionMode):
     """Routes the add/cat calls made directly in the innermost running owner's forward to its op-site hooks."""
 
@@ -101,6 +71,37 @@ class _DirectOpMode(TorchFunctionMode):
         index = frame.counters.get(kind, 0)
         frame.counters[kind] = index + 1
         return frame.hooks.call(f"{kind}{index}", kind, func, args, kwargs)
+
+
+class _Running(threading.local):
+    """Per thread: the owner forwards running (innermost last) and the one mode, while it is pushed."""
+
+    def __init__(self) -> None:
+        self.frames: list[_Frame] = []
+        self.mode = _DirectOpMode()
+        self.pushed = False
+
+
+_RUNNING = _Running()
+
+
+def _sync_mode() -> None:
+    """Push the mode while the innermost running owner executes its own code, pop it while one of its children
+    runs (so a child's torch calls, e.g. spconv's per-offset gather/mm/scatter loop, are not intercepted).
+
+    The decision depends only on the state, so the order in which the hooks of a module that is both an owner
+    and another owner's child run does not matter. The mode is only popped from the top of torch's mode stack;
+    below another mode it stays pushed and passes calls through (the depth check), as before."""
+    running = _RUNNING
+    want = bool(running.frames) and running.frames[-1].depth == 0
+    if want and not running.pushed:
+        torch._C._push_on_torch_function_stack(running.mode)
+        running.pushed = True
+    elif not want and running.pushed:
+        size = torch._C._len_torch_function_stack()
+        if size and torch._C._get_function_stack_at(size - 1) is running.mode:
+            torch._C._pop_torch_function_stack()
+            running.pushed = False
 
 
 class OpSiteQuantizers(nn.ModuleDict):
