@@ -11,8 +11,9 @@ input and thread count:
   (``recipe_engine/export/onnx_ort.py``: uint8 activations, int8 weights, int32 biases, one Q per tensor;
   thin layers float or with padded channels, ``ort_thin.py``); the same with ``placement="integer"`` (every
   quantized layer an integer kernel: the placement before ``ort_thin``); and, where the output is written
-  by a conv (a float conv in the default placement: no range), with ``output_ranges`` from the fake-quant part's output min/max on the calibration inputs (that conv then a
-  ``QLinearConv``, as in ``quantize_static``'s files);
+  by a conv (a float conv in the default placement: no range), with ``output_ranges`` from the fake-quant
+  part's output min/max on the calibration inputs (that conv then a ``QLinearConv``, as in
+  ``quantize_static``'s files);
 - **onnxruntime quantize_static** of the FP32 ONNX (QDQ, per-channel S8 weights, U8 asymmetric
   activations: its CPU default) with MinMax, Entropy and Percentile calibration, on the *same*
   calibration inputs the recipe calibrated on (the part's inputs in the FP32 model on the recipe's

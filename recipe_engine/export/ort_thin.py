@@ -220,20 +220,25 @@ def one_quantizer_per_reader(graph: OrtGraph, decided: ThinPlan) -> int:
     onnxruntime neither merges them nor moves a single Q above the MaxPool); returns the Qs added."""
     added = 0
     for name in decided.split_tensors:
-        (q,) = [n for n in graph.consumers.get(name, []) if is_activation_q(graph, n)]
-        readers = [(dq, r) for dq in dequantizers(graph, q) for r in graph.consumers.get(dq.output[0], [])]
-        scale, zero_point = graph.array(q.input[1]), graph.array(q.input[2])
-        index = list(graph.g.node).index(q) + 1
-        for dq, reader in readers[1:]:
-            s, z = graph.constant("split_scale", scale.copy()), graph.constant("split_zero_point", zero_point.copy())
-            q_out, dq_out = graph.fresh(name + "_q"), graph.fresh(name + "_dq")
-            graph.g.node.insert(index, helper.make_node("DequantizeLinear", [q_out, s, z], [dq_out]))
-            graph.g.node.insert(index, helper.make_node("QuantizeLinear", [name, s, z], [q_out]))
-            reader.input[:] = [dq_out if i == dq.output[0] else i for i in reader.input]
-            added += 1
-        graph.refresh()
+        for q in [n for n in graph.consumers.get(name, []) if is_activation_q(graph, n)]:
+            added += _own_quantizers(graph, name, q)
     _drop_unread(graph)
     return added
+
+
+def _own_quantizers(graph: OrtGraph, name: str, q: onnx.NodeProto) -> int:
+    """Every reader of ``q`` after its first gets a Q -> DQ of ``name`` with ``q``'s parameters."""
+    readers = [(dq, r) for dq in dequantizers(graph, q) for r in graph.consumers.get(dq.output[0], [])]
+    scale, zero_point = graph.array(q.input[1]), graph.array(q.input[2])
+    index = list(graph.g.node).index(q) + 1
+    for dq, reader in readers[1:]:
+        s, z = graph.constant("split_scale", scale.copy()), graph.constant("split_zero_point", zero_point.copy())
+        q_out, dq_out = graph.fresh(name + "_q"), graph.fresh(name + "_dq")
+        graph.g.node.insert(index, helper.make_node("DequantizeLinear", [q_out, s, z], [dq_out]))
+        graph.g.node.insert(index, helper.make_node("QuantizeLinear", [name, s, z], [q_out]))
+        reader.input[:] = [dq_out if i == dq.output[0] else i for i in reader.input]
+    graph.refresh()
+    return max(len(readers) - 1, 0)
 
 
 def notes(summary: dict) -> list[str]:
