@@ -8,10 +8,12 @@ input and thread count:
 - **engine, target tensorrt**: the recipe's PTQ written by ``onnx-qdq`` as for TensorRT (Q/DQ on layer
   inputs and weights), run by onnxruntime;
 - **engine, target onnxruntime**: the same calibrated model written with ``target: onnxruntime``
-  (``recipe_engine/export/onnx_ort.py``: uint8 activations, int8 weights, int32 biases, one Q per tensor);
-  and, where the output is written by a conv (a float conv in the default placement: no range), with
-  ``output_ranges`` from the fake-quant part's output min/max on the calibration inputs (that conv then a
-  ``QLinearConv``, as in ``quantize_static``'s files);
+  (``recipe_engine/export/onnx_ort.py``: uint8 activations, int8 weights, int32 biases, one Q per tensor;
+  thin layers float or with padded channels, ``ort_thin.py``); the same with ``placement="integer"`` (every
+  quantized layer an integer kernel: the placement before ``ort_thin``); and, where the output is written
+  by a conv (a float conv in the default placement: no range), with ``output_ranges`` from the fake-quant
+  part's output min/max on the calibration inputs (that conv then a ``QLinearConv``, as in
+  ``quantize_static``'s files);
 - **onnxruntime quantize_static** of the FP32 ONNX (QDQ, per-channel S8 weights, U8 asymmetric
   activations: its CPU default) with MinMax, Entropy and Percentile calibration, on the *same*
   calibration inputs the recipe calibrated on (the part's inputs in the FP32 model on the recipe's
@@ -238,6 +240,7 @@ def measure(name: str, runs: int, threads: list[int], methods: list[str]) -> lis
     import accuracy as acc
     import onnx
 
+    from recipe_engine.export import ort_thin
     from recipe_engine.export.onnx_ort import place_for_onnxruntime
     from recipe_engine.zoo.checkpoint import checkpoint_path
 
@@ -249,11 +252,16 @@ def measure(name: str, runs: int, threads: list[int], methods: list[str]) -> lis
     feeds = {n: t.numpy() for n, t in zip(part.input_names, part.inputs[0], strict=True)}
     fp32_bytes = fp32_onnx(part)
     qdq = engine_qdq(part)
-    placed = copy.deepcopy(qdq)
-    place_for_onnxruntime(placed)
+    placed, integer = copy.deepcopy(qdq), copy.deepcopy(qdq)
+    summary = place_for_onnxruntime(placed)
+    place_for_onnxruntime(integer, placement="integer")
+    for line in ort_thin.notes(summary):
+        acc.log(f"{name}: {line}")
     variants = [("FP32 ONNX", "-", fp32_bytes),
                 ("engine onnx-qdq, target tensorrt", f"recipe ({part.how})", qdq.SerializeToString()),
-                ("engine onnx-qdq, target onnxruntime", f"recipe ({part.how})", placed.SerializeToString())]
+                ("engine onnx-qdq, target onnxruntime", f"recipe ({part.how})", placed.SerializeToString()),
+                ("engine target onnxruntime, placement integer (every layer integer, the placement before)",
+                 f"recipe ({part.how})", integer.SerializeToString())]
     with torch.no_grad():  # the fake-quant part's output range on the calibration inputs (min/max)
         outs = [part.int8(*args) for args in part.inputs]
     ranges = {name: (min(float(o.min()) for o in outs), max(float(o.max()) for o in outs))

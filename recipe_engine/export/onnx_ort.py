@@ -25,20 +25,33 @@ engine's own Q/DQ export (same calibrated amax, same weights) into that form:
    whose output has no range (a graph output) stays a float op with its weights stored dequantized (the
    same numbers, pre-packed by onnxruntime instead of dequantized on every call).
 
-The result is checked with ``onnx.checker``; verification and the count of the integer kernels
-onnxruntime built are in :mod:`.ort_verify`. (About 450 lines: the rewrites share one graph
-index and run in this order; split, each module would re-derive it.)
+Before these, thin layers (a one- or three-channel stem, a 9-feature Linear) are placed by :mod:`.ort_thin`:
+kept float where onnxruntime runs them faster in float, otherwise given padded input channels. The
+result is checked with ``onnx.checker``; verification and the count of the integer kernels onnxruntime
+built are in :mod:`.ort_verify`; the graph index the rewrites share is :mod:`.ort_graph`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from ..recipe.errors import RecipeError
+from . import ort_thin
+from .ort_graph import (
+    OrtGraph,
+    amax_of,
+    attr_of,
+    axis_of,
+    dequantizers,
+    is_activation_q,
+    output_quantized,
+    set_params,
+)
 
 #: Ops through which a tensor stays non-negative when its inputs are.
 _KEEPS_SIGN = {"MaxPool", "Flatten", "Reshape", "Concat", "Transpose", "DepthToSpace", "Squeeze", "Unsqueeze",
@@ -47,91 +60,28 @@ _KEEPS_SIGN = {"MaxPool", "Flatten", "Reshape", "Concat", "Transpose", "DepthToS
 MERGE_RATIO = 2.0
 
 
-class _Graph:
-    """Indexes over a model's graph, rebuilt after each structural change."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = model
-        self.g = model.graph
-        self.inits = {t.name: t for t in self.g.initializer}
-        self.refresh()
-        self._count = 0
-
-    def refresh(self) -> None:
-        self.producer = {o: n for n in self.g.node for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.g.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-
-    def array(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.inits[name])
-
-    def constant(self, hint: str, value: np.ndarray) -> str:
-        self._count += 1
-        name = f"{hint}__ort{self._count}"
-        tensor = numpy_helper.from_array(np.asarray(value), name)
-        self.g.initializer.append(tensor)
-        self.inits[name] = tensor
-        return name
-
-    def fresh(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}__ort{self._count}"
-
-
-def _axis(node: onnx.NodeProto, default: int = 1) -> int:
-    return next((a.i for a in node.attribute if a.name == "axis"), default)
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
-def _is_activation_q(graph: _Graph, node: onnx.NodeProto) -> bool:
-    return (node.op_type == "QuantizeLinear" and node.input[0] not in graph.inits and len(node.input) == 3
-            and node.input[1] in graph.inits and graph.array(node.input[1]).size == 1)
-
-
-def _amax(graph: _Graph, q: onnx.NodeProto) -> float:
-    zp = graph.array(q.input[2])
-    return float(graph.array(q.input[1])) * (255.0 if zp.dtype == np.uint8 else 127.0)
-
-
-def _dequantizers(graph: _Graph, q: onnx.NodeProto) -> list[onnx.NodeProto]:
-    return [c for c in graph.consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"]
-
-
-def _set_params(graph: _Graph, q: onnx.NodeProto, scale: str, zero_point: str) -> None:
-    for node in [q, *_dequantizers(graph, q)]:
-        node.input[1], node.input[2] = scale, zero_point
-
-
 # ----------------------------------------------------------------------------- 1. one Q per tensor
-def merge_tensor_quantizers(graph: _Graph) -> int:
+def merge_tensor_quantizers(graph: OrtGraph) -> int:
     """Give the Q nodes of one tensor the widest scale among them (ranges within MERGE_RATIO); returns merges."""
     merged = 0
     for name in list(graph.consumers):
-        qs = [n for n in graph.consumers.get(name, []) if _is_activation_q(graph, n)]
+        qs = [n for n in graph.consumers.get(name, []) if is_activation_q(graph, n)]
         if len(qs) < 2 or len({graph.array(q.input[2]).dtype for q in qs}) > 1:
             continue
-        amaxes = [_amax(graph, q) for q in qs]
+        amaxes = [amax_of(graph, q) for q in qs]
         if max(amaxes) > MERGE_RATIO * min(amaxes):
             continue
         widest = qs[int(np.argmax(amaxes))]
         for q in qs:
             if q is widest:
                 continue
-            for dq in _dequantizers(graph, q):
+            for dq in dequantizers(graph, q):
                 for reader in graph.consumers.get(dq.output[0], []):
                     for i, inp in enumerate(reader.input):
                         if inp == dq.output[0]:
-                            reader.input[i] = _dequantizers(graph, widest)[0].output[0]
+                            reader.input[i] = dequantizers(graph, widest)[0].output[0]
             graph.g.node.remove(q)
-            for dq in _dequantizers(graph, q):
+            for dq in dequantizers(graph, q):
                 graph.g.node.remove(dq)
             merged += 1
         graph.refresh()
@@ -143,15 +93,16 @@ def merge_tensor_quantizers(graph: _Graph) -> int:
 _COMMUTES = {"MaxPool", "Flatten"}
 
 
-def hoist_over_commuting(graph: _Graph) -> int:
-    """``x -> MaxPool|Flatten -> Q`` (one Q reads the op) becomes ``x -> Q -> DQ -> op -> Q`` (same params)."""
+def hoist_over_commuting(graph: OrtGraph, keep: frozenset[str] | set[str] = frozenset()) -> int:
+    """``x -> MaxPool|Flatten -> Q`` (one Q reads the op) becomes ``x -> Q -> DQ -> op -> Q`` (same params);
+    not for the ops named in ``keep`` (a float stem's pool, :mod:`.ort_thin`)."""
     moved = 0
     changed = True
     while changed:  # a chain (GlobalAveragePool -> Flatten -> Q) moves one op per pass
         changed = False
-        for op in [n for n in graph.g.node if n.op_type in _COMMUTES]:
+        for op in [n for n in graph.g.node if n.op_type in _COMMUTES and n.name not in keep]:
             readers = graph.consumers.get(op.output[0], [])
-            if len(readers) != 1 or not _is_activation_q(graph, readers[0]):
+            if len(readers) != 1 or not is_activation_q(graph, readers[0]):
                 continue
             source = graph.producer.get(op.input[0])
             if source is not None and source.op_type == "DequantizeLinear":
@@ -171,7 +122,7 @@ def hoist_over_commuting(graph: _Graph) -> int:
 
 
 # ----------------------------------------------------------------------------- 3. unsigned activations
-def _non_negative(graph: _Graph, name: str, depth: int = 0) -> bool:
+def _non_negative(graph: OrtGraph, name: str, depth: int = 0) -> bool:
     node = graph.producer.get(name)
     if node is None or depth > 32:
         return False
@@ -188,27 +139,27 @@ def _non_negative(graph: _Graph, name: str, depth: int = 0) -> bool:
     return False
 
 
-def to_unsigned(graph: _Graph) -> dict[str, int]:
+def to_unsigned(graph: OrtGraph) -> dict[str, int]:
     """int8 activation Q/DQ -> uint8: zero point 0 and amax/255 when non-negative, else 128 and the same scale."""
     counts = Counter()
     params: dict[tuple, tuple[str, str]] = {}
-    for q in [n for n in graph.g.node if _is_activation_q(graph, n)]:
+    for q in [n for n in graph.g.node if is_activation_q(graph, n)]:
         if graph.array(q.input[2]).dtype != np.int8:
             continue
-        amax = _amax(graph, q)
+        amax = amax_of(graph, q)
         unsigned = _non_negative(graph, q.input[0])
         scale = np.float32(amax / 255.0) if unsigned else graph.array(q.input[1]).astype(np.float32)
         key = (float(scale), unsigned)
         if key not in params:
             params[key] = (graph.constant("act_scale", np.array(scale, np.float32)),
                            graph.constant("act_zero_point", np.array(0 if unsigned else 128, np.uint8)))
-        _set_params(graph, q, *params[key])
+        set_params(graph, q, *params[key])
         counts["uint8_zero_point_0" if unsigned else "uint8_zero_point_128"] += 1
     return dict(counts)
 
 
 # ----------------------------------------------------------------------------- 4. ConvTranspose -> Conv + DepthToSpace
-def _weight_dq(graph: _Graph, name: str) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
+def _weight_dq(graph: OrtGraph, name: str) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
     dq = graph.producer.get(name)
     if dq is None or dq.op_type != "DequantizeLinear":
         return None
@@ -218,20 +169,20 @@ def _weight_dq(graph: _Graph, name: str) -> tuple[onnx.NodeProto, onnx.NodeProto
     return q, dq
 
 
-def upsampling_as_depth_to_space(graph: _Graph) -> int:
+def upsampling_as_depth_to_space(graph: OrtGraph) -> int:
     """ConvTranspose (kernel == stride, no padding, one group) followed by Relu -> Q: 1x1 Conv + DepthToSpace."""
     done = 0
     for node in [n for n in graph.g.node if n.op_type == "ConvTranspose"]:
-        kernel, strides = list(_attr(node, "kernel_shape", [])), list(_attr(node, "strides", []))
-        pads = list(_attr(node, "pads", [0] * 2 * len(kernel)))
+        kernel, strides = list(attr_of(node, "kernel_shape", [])), list(attr_of(node, "strides", []))
+        pads = list(attr_of(node, "pads", [0] * 2 * len(kernel)))
         weights = _weight_dq(graph, node.input[1])
         relu = graph.consumers.get(node.output[0], [])
-        if (len(kernel) != 2 or kernel != strides or kernel[0] != kernel[1] or any(pads) or _attr(node, "group", 1) != 1
-                or list(_attr(node, "dilations", [1, 1])) != [1, 1] or _attr(node, "output_padding") or weights is None
+        if (len(kernel) != 2 or kernel != strides or kernel[0] != kernel[1] or any(pads) or attr_of(node, "group", 1) != 1
+                or list(attr_of(node, "dilations", [1, 1])) != [1, 1] or attr_of(node, "output_padding") or weights is None
                 or len(relu) != 1 or relu[0].op_type != "Relu"):
             continue
         quantizers = graph.consumers.get(relu[0].output[0], [])
-        if len(quantizers) != 1 or not _is_activation_q(graph, quantizers[0]):
+        if len(quantizers) != 1 or not is_activation_q(graph, quantizers[0]):
             continue
         q_w, dq_w = weights
         b = kernel[0]
@@ -240,7 +191,7 @@ def upsampling_as_depth_to_space(graph: _Graph) -> int:
         c_in, c_out = w.shape[0], w.shape[1]
         w1 = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(c_out * b * b, c_in, 1, 1))
         per_channel = scale.size > 1
-        if per_channel and _axis(q_w) != 1:
+        if per_channel and axis_of(q_w) != 1:
             continue
         if per_channel:
             scale, zero = np.repeat(scale, b * b), np.repeat(zero, b * b)
@@ -263,7 +214,7 @@ def upsampling_as_depth_to_space(graph: _Graph) -> int:
         graph.g.node.insert(index, conv)
         # Relu commutes with DepthToSpace: Conv -> Relu -> Q -> DQ -> DepthToSpace -> Q -> DQ -> readers
         q = quantizers[0]
-        dq = _dequantizers(graph, q)
+        dq = dequantizers(graph, q)
         if len(dq) != 1:
             raise RecipeError("onnx-qdq (onnxruntime): unexpected Q without one DequantizeLinear")
         readers_of = dq[0].output[0]
@@ -283,19 +234,19 @@ def upsampling_as_depth_to_space(graph: _Graph) -> int:
 
 
 # ----------------------------------------------------------------------------- 5. integer weights and biases
-def integer_weights(graph: _Graph) -> int:
+def integer_weights(graph: OrtGraph) -> int:
     """``Q(float weight) -> DQ`` becomes an int8 initializer -> DQ (rounded half to even, as QuantizeLinear)."""
     count = 0
     for q in [n for n in graph.g.node if n.op_type == "QuantizeLinear" and n.input[0] in graph.inits]:
         w, scale, zero = graph.array(q.input[0]), graph.array(q.input[1]), graph.array(q.input[2])
         shape = [1] * w.ndim
         if scale.size > 1:
-            shape[_axis(q)] = scale.size
+            shape[axis_of(q)] = scale.size
         info = np.iinfo(zero.dtype)
         quantized = np.clip(np.rint(w / scale.reshape(shape)) + zero.reshape(shape).astype(np.int64), info.min,
                             info.max).astype(zero.dtype)
         name = graph.constant(q.input[0] + "_quantized", quantized)
-        for dq in _dequantizers(graph, q):
+        for dq in dequantizers(graph, q):
             dq.input[0] = name
         graph.g.node.remove(q)
         count += 1
@@ -303,20 +254,7 @@ def integer_weights(graph: _Graph) -> int:
     return count
 
 
-def _output_quantized(graph: _Graph, node: onnx.NodeProto) -> bool:
-    """The op's output is read by a Q (directly or through a Relu read only by Qs)."""
-    readers = graph.consumers.get(node.output[0], [])
-    for reader in readers:
-        if reader.op_type == "QuantizeLinear":
-            return True
-        if reader.op_type == "Relu":
-            after = graph.consumers.get(reader.output[0], [])
-            if after and all(r.op_type == "QuantizeLinear" for r in after):
-                return True
-    return False
-
-
-def float_weights_of_float_ops(graph: _Graph) -> int:
+def float_weights_of_float_ops(graph: OrtGraph) -> int:
     """Layers with a float output (no range for it: a graph output) run as float ops in onnxruntime; their
     weights become the dequantized values as float constants (identical numbers), which onnxruntime
     pre-packs, instead of a DequantizeLinear it runs on every call (measured: the zoo CenterPoint head's last
@@ -324,7 +262,7 @@ def float_weights_of_float_ops(graph: _Graph) -> int:
     count = 0
     for node in [n for n in graph.g.node if n.op_type in ("Conv", "ConvTranspose")]:  # QGemm has float outputs
         dq = graph.producer.get(node.input[1])
-        if _output_quantized(graph, node) or dq is None or dq.op_type != "DequantizeLinear" or \
+        if output_quantized(graph, node) or dq is None or dq.op_type != "DequantizeLinear" or \
                 dq.input[0] not in graph.inits:
             continue
         _dequantized_weight(graph, node, dq)
@@ -333,13 +271,13 @@ def float_weights_of_float_ops(graph: _Graph) -> int:
     return count
 
 
-def _dequantized_weight(graph: _Graph, node: onnx.NodeProto, dq: onnx.NodeProto) -> None:
+def _dequantized_weight(graph: OrtGraph, node: onnx.NodeProto, dq: onnx.NodeProto) -> None:
     """``node`` reads its weight as float constants (the dequantized values, identical numbers)."""
     q, scale = graph.array(dq.input[0]), graph.array(dq.input[1])
     zero = graph.array(dq.input[2]) if len(dq.input) > 2 else np.zeros_like(scale, dtype=q.dtype)
     shape = [1] * q.ndim
     if scale.size > 1:
-        shape[_axis(dq)] = scale.size
+        shape[axis_of(dq)] = scale.size
     values = ((q.astype(np.int32) - zero.reshape(shape).astype(np.int32)).astype(np.float32)
               * scale.reshape(shape).astype(np.float32))
     node.input[1] = graph.constant("float_weight", values.astype(np.float32))
@@ -347,7 +285,7 @@ def _dequantized_weight(graph: _Graph, node: onnx.NodeProto, dq: onnx.NodeProto)
         graph.g.node.remove(dq)  # read by nothing else now: onnxruntime would still run it on every call
 
 
-def quantize_outputs(graph: _Graph, ranges: dict[str, tuple[float, float]]) -> int:
+def quantize_outputs(graph: OrtGraph, ranges: dict[str, tuple[float, float]]) -> int:
     """Opt-in (``place_for_onnxruntime(output_ranges=...)``): a graph output written by a Conv (or a Conv's
     Relu) gets a uint8
     Q -> DQ from a calibrated ``(min, max)`` of that output (asymmetric: zero point ``round(-min / scale)``,
@@ -376,7 +314,7 @@ def quantize_outputs(graph: _Graph, ranges: dict[str, tuple[float, float]]) -> i
     return done
 
 
-def integer_biases(graph: _Graph) -> int:
+def integer_biases(graph: OrtGraph) -> int:
     """Float biases of Conv/Gemm between DQ inputs -> int32 with scale input scale x weight scale, zero point 0."""
     count = 0
     for node in [n for n in graph.g.node if n.op_type in ("Conv", "Gemm")]:
@@ -386,7 +324,7 @@ def integer_biases(graph: _Graph) -> int:
         if not (dx and dw and dx.op_type == dw.op_type == "DequantizeLinear") or dx.input[1] not in graph.inits:
             continue
         sx, sw = graph.array(dx.input[1]), graph.array(dw.input[1])
-        if sx.size != 1 or (node.op_type == "Gemm" and _attr(node, "transB", 0) != 1 and sw.size > 1):
+        if sx.size != 1 or (node.op_type == "Gemm" and attr_of(node, "transB", 0) != 1 and sw.size > 1):
             continue
         bias = graph.array(node.input[2]).astype(np.float32)
         scale = (np.float32(sx) * sw.astype(np.float32)).astype(np.float32)
@@ -405,7 +343,7 @@ def integer_biases(graph: _Graph) -> int:
 
 
 # ----------------------------------------------------------------------------- the rewrite
-def _topological(graph: _Graph) -> None:
+def _topological(graph: OrtGraph) -> None:
     ready = set(graph.inits) | {i.name for i in graph.g.input} | {""}
     pending, ordered = list(graph.g.node), []
     while pending:
@@ -427,14 +365,21 @@ def _topological(graph: _Graph) -> None:
     graph.g.initializer.extend(keep)
 
 
-def place_for_onnxruntime(model: onnx.ModelProto,
-                          output_ranges: dict[str, tuple[float, float]] | None = None) -> dict[str, object]:
+def place_for_onnxruntime(model: onnx.ModelProto, output_ranges: dict[str, tuple[float, float]] | None = None,
+                          placement: str = "auto") -> dict[str, object]:
     """Rewrite the engine's Q/DQ ``model`` in place for onnxruntime's CPU provider; returns what changed.
 
-    ``output_ranges``: see :func:`quantize_outputs` (off by default)."""
-    graph = _Graph(model)
-    summary: dict[str, object] = {"merged_tensor_quantizers": merge_tensor_quantizers(graph),
-                                  "q_above_maxpool_flatten": hoist_over_commuting(graph)}
+    ``output_ranges``: see :func:`quantize_outputs` (off by default). ``placement``: ``auto`` keeps float the
+    thin layers onnxruntime runs faster in float and pads the input channels of other thin convs
+    (:mod:`.ort_thin`); ``integer`` makes every quantized layer an integer kernel (the placement before)."""
+    if placement not in ("auto", "integer"):
+        raise RecipeError(f"onnx-qdq (onnxruntime): unknown placement {placement!r}", hint="auto or integer")
+    graph = OrtGraph(model)
+    thin = ort_thin.plan(graph) if placement == "auto" else ort_thin.ThinPlan()
+    ort_thin.keep_float(graph, thin)
+    summary: dict[str, object] = {"kept_float": thin.kept_float,
+                                  "merged_tensor_quantizers": merge_tensor_quantizers(graph),
+                                  "q_above_maxpool_flatten": hoist_over_commuting(graph, thin.float_pools)}
     summary["activations"] = to_unsigned(graph)
     summary["conv_transpose_as_depth_to_space"] = upsampling_as_depth_to_space(graph)
     if output_ranges:
@@ -442,14 +387,20 @@ def place_for_onnxruntime(model: onnx.ModelProto,
     summary["int8_weights"] = integer_weights(graph)
     summary["float_output_layers"] = float_weights_of_float_ops(graph)
     summary["int32_biases"] = integer_biases(graph)
+    summary["padded_input_channels"] = ort_thin.pad_input_channels(graph) if placement == "auto" else []
+    summary["quantizers_per_reader"] = ort_thin.one_quantizer_per_reader(graph, thin)
     _topological(graph)
     onnx.checker.check_model(model, full_check=True)
     return summary
 
 
 def place(model: onnx.ModelProto, fp16: bool = False) -> dict[str, object]:
-    """:func:`place_for_onnxruntime` for an export entry (FP16 graphs are refused: the integer kernels are the point)."""
+    """:func:`place_for_onnxruntime` for an export entry (FP16 graphs are refused: the integer kernels are the
+    point); a warning names the layers kept float."""
     if fp16:
         raise RecipeError("onnx-qdq: target onnxruntime builds integer kernels; fp16: true does not apply",
                           hint="remove fp16: true, or use target: tensorrt")
-    return place_for_onnxruntime(model)
+    summary = place_for_onnxruntime(model)
+    for line in ort_thin.notes({"kept_float": summary["kept_float"]}):
+        warnings.warn(f"onnx-qdq: {line}", stacklevel=2)
+    return summary

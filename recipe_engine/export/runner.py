@@ -49,6 +49,7 @@ from .formats import ExportContext
 from .onnx_ort import place as place_for_onnxruntime
 from .onnx_qdq import export_mode, export_qdq, flatten_outputs, qdq_census
 from .onnx_sparse import REVERSE, OutputPlan, build_scn
+from .ort_thin import notes as placement_notes
 from .ort_verify import check_against_fp32, fused_ops
 from .quantizers import check_exportable, qdq_notes, quantizers_off
 from .scn_runtime import run_scn as run_sparse_runtime  # the runtime onnx-sparse files are verified with
@@ -167,6 +168,7 @@ def run_qdq(ctx: ExportContext, entry: OnnxQdqExport) -> dict:
     artifact = export_qdq(module, args, kwargs, entry.opset, entry.fp16, entry.dynamic_axes)
     ort_target = entry.target == "onnxruntime"
     placement = place_for_onnxruntime(artifact.model, entry.fp16) if ort_target else None
+    notes += placement_notes(placement) if placement else []
     set_metadata(artifact.model, recipe_metadata(loaded, format=entry.format, module=path or "<model>",
                                                  opset=entry.opset, fp16=entry.fp16,
                                                  target=entry.target if ort_target else None))

@@ -51,6 +51,7 @@ def test_centerpoint_bev_upsampling_becomes_integer(tmp_path) -> None:
     (bev,) = export(model, loaded, tmp_path, batches, forward)
     placed = bev["onnxruntime"]
     assert placed["conv_transpose_as_depth_to_space"] == 2 and placed["float_output_layers"] == 1
+    assert placed["kept_float"] == [] and placed["padded_input_channels"] == []  # no thin layer in a BEV part
     # every conv but the float-output head conv (no range for the graph output) is an integer kernel
     assert placed["kernels"]["QLinearConv"] == 10 and placed["kernels"].get("Conv", 0) == 1
     assert "ConvTranspose" not in placed["kernels"] and placed["kernels"]["QLinearConcat"] == 1
