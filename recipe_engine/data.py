@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -123,13 +123,53 @@ def make_data(loaded: LoadedRecipe, split: str) -> Any:
     key = ("data", key_split, "factory")
     factory = _import(loaded, key, ref.factory, f"data.{key_split}.factory")
     try:
-        return factory(**ref.kwargs)
+        batches = factory(**ref.kwargs)
     except TypeError as exc:
         if not _rejected_kwargs(exc):
             raise located(loaded, key, exc, ref.factory) from exc
         raise loaded.error(("data", key_split, "kwargs"), f"{ref.factory} rejected its kwargs: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
         raise located(loaded, key, exc, ref.factory) from exc
+    problem = batches_problem(batches, reread=split != "train")
+    if problem:
+        message, hint = problem
+        raise loaded.error(key, f"{ref.factory} returned {message}", hint=hint)
+    return batches
+
+
+def batches_problem(batches: Any, reread: bool = True) -> tuple[str, str] | None:
+    """(what is wrong, hint) when ``batches`` cannot serve as a list of batches, else None.
+
+    The engine reads calibration and evaluation data several times (op-site discovery, calibration,
+    layer SQNR, export captures), so ``reread`` refuses one-shot iterators (a generator would be
+    used up by the first pass and the later ones would silently see fewer batches, or none).
+    """
+    example = "a list `[batch0, batch1, ...]` or a torch DataLoader"
+    if batches is None:
+        return "None, not a list of batches", f"give the batches as {example}"
+    if isinstance(batches, Mapping):
+        return ("a dict (one batch?); expected a list of batches (iterating a dict gives its keys)",
+                "wrap a single batch in a list: `[batch]`")
+    if isinstance(batches, torch.Tensor):
+        return ("a Tensor (one batch?); expected a list of batches (iterating a tensor gives its rows)",
+                "wrap a single batch in a list: `[batch]`")
+    iterable = hasattr(type(batches), "__iter__") or hasattr(type(batches), "__getitem__")
+    if isinstance(batches, (str, bytes)) or not iterable:
+        return f"a {type(batches).__name__}, which is not a list of batches", f"give the batches as {example}"
+    if reread and isinstance(batches, Iterator):
+        return (f"a {type(batches).__name__}, which can be read only once; the engine reads the batches several "
+                "times (op sites, calibration, layer SQNR, exports)",
+                "use a list (`list(...)`) or a re-iterable object such as a torch DataLoader")
+    if reread and _length(batches) == 0:
+        return "an empty sequence (no batches)", f"give at least one batch, as {example}"
+    return None
+
+
+def _length(batches: Any) -> int | None:
+    try:
+        return len(batches)
+    except TypeError:  # no __len__, or a DataLoader over an IterableDataset
+        return None
 
 
 def forward_fn(loaded: LoadedRecipe) -> Callable[[nn.Module, Any], Any]:
@@ -201,9 +241,14 @@ def recipe_forward(loaded: LoadedRecipe, forward: Callable | None = None) -> Cal
     return forward or forward_fn(loaded)
 
 
-def recipe_batches(loaded: LoadedRecipe, batches: Iterable | None = None) -> Iterable | None:
-    """``batches`` if given, else the recipe's calibration data (None when the recipe has none)."""
+def recipe_batches(loaded: LoadedRecipe, batches: Iterable | None = None, reread: bool = True) -> Iterable | None:
+    """``batches`` if given (checked: a list of batches, re-iterable when ``reread``), else the recipe's
+    calibration data (None when the recipe has none)."""
     if batches is not None:
+        problem = batches_problem(batches, reread)
+        if problem:
+            message, hint = problem
+            raise RecipeError(f"batches= is {message}", hint=hint)
         return batches
     if loaded.spec.data is None or loaded.spec.data.calibration is None:
         return None
