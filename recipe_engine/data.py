@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -15,14 +16,40 @@ from .recipe.schema import FactoryRef
 from .util.imports import import_callable
 from .util.usercode import call_user, located
 
+DEFAULT_FORWARD_HINT = ("without data.forward a batch is passed as model(**batch) when it is a dict, model(*batch) when it "
+                        "is a tuple or list (a DataLoader's (inputs, labels) becomes model(inputs, labels)), else "
+                        "model(batch); set data.forward to your own `def forward(model, batch): return "
+                        "model(batch[0])` (recipe init: --forward MODULE:CALLABLE)")
+
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
-    """model(**batch) for dicts, model(*batch) for tuples/lists, model(batch) otherwise."""
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
+    """model(**batch) for dicts, model(*batch) for tuples/lists, model(batch) otherwise.
+
+    A batch that does not fit ``model.forward``'s parameters is a RecipeError saying how the batch
+    was passed and that ``data.forward`` is the fix (an error inside the model is left alone).
+    """
+    try:
+        if isinstance(batch, dict):
+            return model(**batch)
+        if isinstance(batch, (tuple, list)):
+            return model(*batch)
+        return model(batch)
+    except TypeError as exc:
+        if not _forward_signature_mismatch(exc):
+            raise
+        shape = ("a dict with keys " + ", ".join(map(str, list(batch)[:6])) if isinstance(batch, dict) else
+                 f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else
+                 f"a {type(batch).__name__}")
+        raise RecipeError(f"model(batch) raised TypeError: {exc} (the batch is {shape})",
+                          hint=DEFAULT_FORWARD_HINT) from None
+
+
+def _forward_signature_mismatch(exc: TypeError) -> bool:
+    """True when calling the module failed on its parameters (not a TypeError raised inside forward)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    innermost = frames[-1].filename.replace("\\", "/") if frames else ""
+    return innermost.endswith("torch/nn/modules/module.py") and re.search(r"forward\(\) (takes|got|missing)",
+                                                                          str(exc)) is not None
 
 
 def _import(loaded: LoadedRecipe, key: tuple, reference: str, what: str) -> Callable:
