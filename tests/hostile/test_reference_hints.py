@@ -107,3 +107,12 @@ def test_callable_suggestions(value, expected) -> None:
     from recipe_engine.recipe.validators import _callable_suggestion
 
     assert _callable_suggestion(value) == expected
+
+
+def test_a_misspelt_catalogue_name_in_extends_gets_did_you_mean(tmp_path) -> None:
+    (tmp_path / "mine.yaml").write_text("recipe: mine\nversion: 0.1.0\nextends: base/int8_tensorrtt.yaml\n")
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "mine.yaml")])
+    assert result.exit_code == 1
+    no_traceback(result.output)
+    assert "mine.yaml:3:1: extends: cannot find parent recipe 'base/int8_tensorrtt.yaml'" in result.output
+    assert "hint: did you mean 'base/int8_tensorrt.yaml'?" in result.output
