@@ -21,6 +21,7 @@ from ..recipe.loader import LoadedRecipe, load_recipe
 from ..util.atomic import atomic_write_text
 from ..util.imports import import_callable
 from ..util.usercode import is_engine_error, located
+from .dict_io import add_dict_io
 from .entries import Entry
 from .exports import draft_exports
 from .fusions import draft_fusions
@@ -170,6 +171,7 @@ def _sections(loaded: LoadedRecipe) -> tuple[list[Section], list[str], int]:
     fusions = draft_fusions(model, trace)
     quant = draft_quantization(model, trace)
     exports = draft_exports(quant.layers, trace.executed())
+    add_dict_io(exports, model, batch, data_mod.forward_fn(loaded))
     try:
         count = min(len(batches), 16)
     except TypeError:
