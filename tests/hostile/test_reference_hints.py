@@ -116,3 +116,22 @@ def test_a_misspelt_catalogue_name_in_extends_gets_did_you_mean(tmp_path) -> Non
     no_traceback(result.output)
     assert "mine.yaml:3:1: extends: cannot find parent recipe 'base/int8_tensorrtt.yaml'" in result.output
     assert "hint: did you mean 'base/int8_tensorrt.yaml'?" in result.output
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("model: {factory: tests.helpers:build_dense, seed: 3}",
+     "model.seed: unknown key 'seed'\n    hint: keyword arguments go under `kwargs:` (e.g. kwargs: {seed: 3})"),
+    ("data: {calibration: {factory: tests.helpers:dense_batches, count: 4}}",
+     "data.calibration.count: unknown key 'count'\n    hint: keyword arguments go under `kwargs:` "
+     "(e.g. kwargs: {count: 4}); allowed keys: factory, kwargs"),
+    ("qat: {steps: 2, optimizer: {name: AdamW, lr: 0.001}}",
+     "qat.optimizer.lr: unknown key 'lr'\n    hint: keyword arguments go under `kwargs:` (e.g. kwargs: {lr: 0.001})"),
+    ("qat: {steps: 2, schedule: {name: cosine, warmup: 3}}", "hint: did you mean 'warmup_steps'?"),
+])
+def test_an_argument_written_beside_the_factory_says_it_goes_under_kwargs(tmp_path, extra, expected) -> None:
+    """Nested sections (data.calibration, qat.optimizer) used to get no hint at all."""
+    (tmp_path / "k.yaml").write_text(f"recipe: k\nversion: 0.1.0\n{extra}\n")
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "k.yaml")])
+    assert result.exit_code == 1
+    no_traceback(result.output)
+    assert expected in result.output, result.output
