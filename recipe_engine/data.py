@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -71,7 +73,8 @@ def build_model(loaded: LoadedRecipe) -> nn.Module:
     except TypeError as exc:
         if not _rejected_kwargs(exc):
             raise located(loaded, ("model", "factory"), exc, section.factory) from exc
-        raise loaded.error(("model", "kwargs"), f"{section.factory} rejected its kwargs: {exc}") from None
+        raise loaded.error(("model", "kwargs"), f"{section.factory} rejected its kwargs: {exc}",
+                           hint=kwargs_hint(factory, section.kwargs)) from None
     except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
         raise located(loaded, ("model", "factory"), exc, section.factory) from exc
     if not isinstance(model, nn.Module):
@@ -80,6 +83,19 @@ def build_model(loaded: LoadedRecipe) -> nn.Module:
         load_checkpoint_into(loaded, model)
     model.eval()
     return model
+
+
+def kwargs_hint(fn: Callable, kwargs: Mapping) -> str | None:
+    """``did you mean`` for keyword arguments ``fn`` does not take, and the ones it does."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    names = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in names]
+    close = [f"{m[0]!r} for {k!r}" for k in unknown if (m := difflib.get_close_matches(str(k), names, n=1))]
+    takes = f"it takes: {', '.join(names)}" if names else "it takes no keyword arguments"
+    return (f"did you mean {', '.join(close)}? " if close else "") + takes
 
 
 def _rejected_kwargs(exc: TypeError) -> bool:
@@ -154,7 +170,8 @@ def make_data(loaded: LoadedRecipe, split: str) -> Any:
     except TypeError as exc:
         if not _rejected_kwargs(exc):
             raise located(loaded, key, exc, ref.factory) from exc
-        raise loaded.error(("data", key_split, "kwargs"), f"{ref.factory} rejected its kwargs: {exc}") from None
+        raise loaded.error(("data", key_split, "kwargs"), f"{ref.factory} rejected its kwargs: {exc}",
+                           hint=kwargs_hint(factory, ref.kwargs)) from None
     except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
         raise located(loaded, key, exc, ref.factory) from exc
     problem = batches_problem(batches, reread=split != "train")

@@ -135,3 +135,9 @@ def test_an_argument_written_beside_the_factory_says_it_goes_under_kwargs(tmp_pa
     assert result.exit_code == 1
     no_traceback(result.output)
     assert expected in result.output, result.output
+
+
+def test_a_misspelt_factory_kwarg_gets_did_you_mean_and_the_parameters(tmp_path) -> None:
+    output = _run(tmp_path, model={"factory": "tests.helpers:build_dense", "kwargs": {"sed": 3}})
+    assert "model.kwargs: tests.helpers:build_dense rejected its kwargs:" in output
+    assert "hint: did you mean 'seed' for 'sed'? it takes: seed" in output
