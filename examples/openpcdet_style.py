@@ -29,6 +29,10 @@ import spconv.pytorch as spconv
 import torch
 from torch import nn
 
+from recipe_engine.compat.spconv_cpu import install as _spconv_cpu_fixes
+
+_spconv_cpu_fixes()  # spconv 2.3's CPU build needs them (see recipe_engine/compat), also for the FP32 model
+
 GRID = (8, 64, 64)  # z, y, x voxels
 MAX_POINTS = 5  # points per voxel
 NUM_CLASSES = 3
