@@ -18,7 +18,7 @@ from typing import Any
 from .. import data as data_mod
 from ..recipe.errors import RecipeError
 from ..recipe.loader import LoadedRecipe, load_recipe
-from ..util.atomic import atomic_write_text
+from ..util.atomic import atomic_path, atomic_write_text
 from ..util.imports import import_callable
 from ..util.usercode import is_engine_error, located
 from .dict_io import add_dict_io
@@ -231,21 +231,30 @@ def draft_recipe(loaded: LoadedRecipe, out: str | Path, name: str | None = None)
               f"It extends {BASE} (descriptors `act`: per-tensor histogram, `w_channel`: per-channel max; mse amax). "
               "Every entry says why it is there: review them, then `recipe plan` this file and `recipe run` it."]
     result = DraftResult(out, sections, notes, expected_fusions=expected)
-    for _ in range(MAX_REPAIRS):
-        atomic_write_text(out, render(header, top, sections))
-        draft = load_recipe(out)
-        try:
-            result.plan = plan_recipe(draft)
-            return result
-        except RecipeError as exc:
-            entry = _offending(exc, sections)
-            if entry is None:
-                raise RecipeError(f"{out}: the draft does not pass `recipe plan` (please report it): "
-                                  f"{exc.format()}") from None
-            reason = _short_reason(exc)
-            _comment_out(entry, f"left out: `recipe plan` says {reason}", sections)
-            result.repaired.append(reason)
-    raise RecipeError(f"{out}: the draft still fails `recipe plan` after {MAX_REPAIRS} corrections")
+    previous = out.read_bytes() if out.is_file() else None  # --force: put it back if no draft passes
+    try:
+        for _ in range(MAX_REPAIRS):
+            atomic_write_text(out, render(header, top, sections))
+            draft = load_recipe(out)
+            try:
+                result.plan = plan_recipe(draft)
+                return result
+            except RecipeError as exc:
+                entry = _offending(exc, sections)
+                if entry is None:
+                    raise RecipeError(f"{out}: the draft does not pass `recipe plan` (please report it): "
+                                      f"{exc.format()}") from None
+                reason = _short_reason(exc)
+                _comment_out(entry, f"left out: `recipe plan` says {reason}", sections)
+                result.repaired.append(reason)
+        raise RecipeError(f"{out}: the draft still fails `recipe plan` after {MAX_REPAIRS} corrections")
+    except BaseException:  # no half-written draft: the file is as it was before `recipe init`
+        if previous is None:
+            out.unlink(missing_ok=True)
+        else:
+            with atomic_path(out) as tmp:
+                tmp.write_bytes(previous)
+        raise
 
 
 __all__ = ["DraftResult", "draft_recipe"]
