@@ -18,7 +18,7 @@ from typing import Any
 from .. import data as data_mod
 from ..recipe.errors import RecipeError
 from ..recipe.loader import LoadedRecipe, load_recipe
-from ..util.atomic import atomic_path, atomic_write_text
+from ..util.atomic import atomic_write_bytes, atomic_write_text
 from ..util.imports import import_callable
 from ..util.usercode import is_engine_error, located
 from .dict_io import add_dict_io
@@ -252,8 +252,7 @@ def draft_recipe(loaded: LoadedRecipe, out: str | Path, name: str | None = None)
         if previous is None:
             out.unlink(missing_ok=True)
         else:
-            with atomic_path(out) as tmp:
-                tmp.write_bytes(previous)
+            atomic_write_bytes(out, previous)
         raise
 
 

@@ -35,3 +35,12 @@ def test_a_model_that_does_not_fit_names_the_file_and_the_fix(saved, other) -> N
     assert ".lock.yaml" not in text and "tmp" not in text.replace(str(saved), "")
     assert "pass the FP32 model it was saved from" in text
     assert "optional: true" not in text  # the recipe's own fix does not apply to a file's lock
+
+
+def test_saving_onto_a_directory_is_a_recipe_error_and_leaves_nothing(saved, tmp_path) -> None:
+    model = re8.load_quantized(saved, model=build(pretrained=True))
+    recipe = re8.load_recipe("recipes/digits_int8.yaml")
+    with pytest.raises(RecipeError, match="it is a directory") as info:
+        re8.save_quantized(model, tmp_path, recipe)  # was a raw IsADirectoryError after writing a temp file
+    assert f"{tmp_path / 'model.pt'}" in str(info.value)
+    assert not [p for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.")]
