@@ -20,8 +20,8 @@ from .util.usercode import call_user, located
 
 DEFAULT_FORWARD_HINT = ("without data.forward a batch is passed as model(**batch) when it is a dict, model(*batch) when it "
                         "is a tuple or list (a DataLoader's (inputs, labels) becomes model(inputs, labels)), else "
-                        "model(batch); set data.forward to your own `def forward(model, batch): return "
-                        "model(batch[0])` (recipe init: --forward MODULE:CALLABLE)")
+                        "model(batch); set data.forward to your own `def forward(model, batch): return {call}` "
+                        "(recipe init: --forward MODULE:CALLABLE)")
 
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
@@ -42,8 +42,9 @@ def default_forward(model: nn.Module, batch: Any) -> Any:
         shape = ("a dict with keys " + ", ".join(map(str, list(batch)[:6])) if isinstance(batch, dict) else
                  f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else
                  f"a {type(batch).__name__}")
+        call = "model(dict(batch))" if isinstance(batch, dict) else "model(batch[0])"  # a batch_dict model / (x, y)
         raise RecipeError(f"model(batch) raised TypeError: {exc} (the batch is {shape})",
-                          hint=DEFAULT_FORWARD_HINT) from None
+                          hint=DEFAULT_FORWARD_HINT.format(call=call)) from None
 
 
 def _forward_signature_mismatch(exc: TypeError) -> bool:

@@ -141,3 +141,28 @@ def test_a_misspelt_factory_kwarg_gets_did_you_mean_and_the_parameters(tmp_path)
     output = _run(tmp_path, model={"factory": "tests.helpers:build_dense", "kwargs": {"sed": 3}})
     assert "model.kwargs: tests.helpers:build_dense rejected its kwargs:" in output
     assert "hint: did you mean 'seed' for 'sed'? it takes: seed" in output
+
+
+def dict_batches(count: int = 2):
+    return [{"batch_dict_image": b} for b in labelled_batches(count)]
+
+
+class _TakesTheDict(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = build_dense()
+
+    def forward(self, batch_dict):
+        return self.net(batch_dict["batch_dict_image"][0])
+
+
+def takes_the_dict():
+    return _TakesTheDict().eval()
+
+
+def test_a_batch_dict_model_without_forward_is_shown_the_dict_call(tmp_path) -> None:
+    output = _run(tmp_path, model={"factory": f"{HERE}:takes_the_dict"},
+                  data__calibration={"factory": f"{HERE}:dict_batches"}, data__validation=None, data__evaluate=None)
+    assert "got an unexpected keyword argument 'batch_dict_image'" in output
+    assert "(the batch is a dict with keys batch_dict_image)" in output
+    assert "return model(dict(batch))`" in output
