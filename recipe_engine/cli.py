@@ -143,7 +143,7 @@ def list_command(directory: Path | None, as_json: bool) -> None:
     if any(e.error for e in entries):
         for entry in entries:
             if entry.error:
-                click.echo(f"invalid: {entry.error}", err=True)
+                click.echo(f"invalid: {entry.file}: {entry.error}", err=True)
 
 
 @main.command()

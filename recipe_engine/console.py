@@ -142,7 +142,9 @@ def summary_tables(metrics: dict) -> list[Any]:
     tables = []
     # with data.test: the reported (test) figures, then the validation ones that tune/keep_best chose on
     splits = [("data.test (reported)", metrics["test"]), ("data.validation (selection)", metrics["validation"])] \
-        if metrics.get("test") and metrics.get("validation") else [(None, metrics)]
+        if metrics.get("test") and metrics.get("validation") else \
+        [("on the calibration batches (data.validation is not set)" if metrics.get("reported_split") == "calibration"
+          else None, metrics)]
     for title, phases in splits:
         fp32, int8, qat = phases.get("fp32") or {}, phases.get("int8") or {}, phases.get("qat") or {}
         if not (fp32 or int8):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import re
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -15,14 +18,41 @@ from .recipe.schema import FactoryRef
 from .util.imports import import_callable
 from .util.usercode import call_user, located
 
+DEFAULT_FORWARD_HINT = ("without data.forward a batch is passed as model(**batch) when it is a dict, model(*batch) when it "
+                        "is a tuple or list (a DataLoader's (inputs, labels) becomes model(inputs, labels)), else "
+                        "model(batch); set data.forward to your own `def forward(model, batch): return {call}` "
+                        "(recipe init: --forward MODULE:CALLABLE)")
+
 
 def default_forward(model: nn.Module, batch: Any) -> Any:
-    """model(**batch) for dicts, model(*batch) for tuples/lists, model(batch) otherwise."""
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
+    """model(**batch) for dicts, model(*batch) for tuples/lists, model(batch) otherwise.
+
+    A batch that does not fit ``model.forward``'s parameters is a RecipeError saying how the batch
+    was passed and that ``data.forward`` is the fix (an error inside the model is left alone).
+    """
+    try:
+        if isinstance(batch, dict):
+            return model(**batch)
+        if isinstance(batch, (tuple, list)):
+            return model(*batch)
+        return model(batch)
+    except TypeError as exc:
+        if not _forward_signature_mismatch(exc):
+            raise
+        shape = ("a dict with keys " + ", ".join(map(str, list(batch)[:6])) if isinstance(batch, dict) else
+                 f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else
+                 f"a {type(batch).__name__}")
+        call = "model(dict(batch))" if isinstance(batch, dict) else "model(batch[0])"  # a batch_dict model / (x, y)
+        raise RecipeError(f"model(batch) raised TypeError: {exc} (the batch is {shape})",
+                          hint=DEFAULT_FORWARD_HINT.format(call=call)) from None
+
+
+def _forward_signature_mismatch(exc: TypeError) -> bool:
+    """True when calling the module failed on its parameters (not a TypeError raised inside forward)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    innermost = frames[-1].filename.replace("\\", "/") if frames else ""
+    return innermost.endswith("torch/nn/modules/module.py") and re.search(r"forward\(\) (takes|got|missing)",
+                                                                          str(exc)) is not None
 
 
 def _import(loaded: LoadedRecipe, key: tuple, reference: str, what: str) -> Callable:
@@ -44,7 +74,8 @@ def build_model(loaded: LoadedRecipe) -> nn.Module:
     except TypeError as exc:
         if not _rejected_kwargs(exc):
             raise located(loaded, ("model", "factory"), exc, section.factory) from exc
-        raise loaded.error(("model", "kwargs"), f"{section.factory} rejected its kwargs: {exc}") from None
+        raise loaded.error(("model", "kwargs"), f"{section.factory} rejected its kwargs: {exc}",
+                           hint=kwargs_hint(factory, section.kwargs)) from None
     except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
         raise located(loaded, ("model", "factory"), exc, section.factory) from exc
     if not isinstance(model, nn.Module):
@@ -53,6 +84,19 @@ def build_model(loaded: LoadedRecipe) -> nn.Module:
         load_checkpoint_into(loaded, model)
     model.eval()
     return model
+
+
+def kwargs_hint(fn: Callable, kwargs: Mapping) -> str | None:
+    """``did you mean`` for keyword arguments ``fn`` does not take, and the ones it does."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    names = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in names]
+    close = [f"{m[0]!r} for {k!r}" for k in unknown if (m := difflib.get_close_matches(str(k), names, n=1))]
+    takes = f"it takes: {', '.join(names)}" if names else "it takes no keyword arguments"
+    return (f"did you mean {', '.join(close)}? " if close else "") + takes
 
 
 def _rejected_kwargs(exc: TypeError) -> bool:
@@ -123,13 +167,54 @@ def make_data(loaded: LoadedRecipe, split: str) -> Any:
     key = ("data", key_split, "factory")
     factory = _import(loaded, key, ref.factory, f"data.{key_split}.factory")
     try:
-        return factory(**ref.kwargs)
+        batches = factory(**ref.kwargs)
     except TypeError as exc:
         if not _rejected_kwargs(exc):
             raise located(loaded, key, exc, ref.factory) from exc
-        raise loaded.error(("data", key_split, "kwargs"), f"{ref.factory} rejected its kwargs: {exc}") from None
+        raise loaded.error(("data", key_split, "kwargs"), f"{ref.factory} rejected its kwargs: {exc}",
+                           hint=kwargs_hint(factory, ref.kwargs)) from None
     except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
         raise located(loaded, key, exc, ref.factory) from exc
+    problem = batches_problem(batches, reread=split != "train")
+    if problem:
+        message, hint = problem
+        raise loaded.error(key, f"{ref.factory} returned {message}", hint=hint)
+    return batches
+
+
+def batches_problem(batches: Any, reread: bool = True) -> tuple[str, str] | None:
+    """(what is wrong, hint) when ``batches`` cannot serve as a list of batches, else None.
+
+    The engine reads calibration and evaluation data several times (op-site discovery, calibration,
+    layer SQNR, export captures), so ``reread`` refuses one-shot iterators (a generator would be
+    used up by the first pass and the later ones would silently see fewer batches, or none).
+    """
+    example = "a list `[batch0, batch1, ...]` or a torch DataLoader"
+    if batches is None:
+        return "None, not a list of batches", f"give the batches as {example}"
+    if isinstance(batches, Mapping):
+        return ("a dict (one batch?); expected a list of batches (iterating a dict gives its keys)",
+                "wrap a single batch in a list: `[batch]`")
+    if isinstance(batches, torch.Tensor):
+        return ("a Tensor (one batch?); expected a list of batches (iterating a tensor gives its rows)",
+                "wrap a single batch in a list: `[batch]`")
+    iterable = hasattr(type(batches), "__iter__") or hasattr(type(batches), "__getitem__")
+    if isinstance(batches, (str, bytes)) or not iterable:
+        return f"a {type(batches).__name__}, which is not a list of batches", f"give the batches as {example}"
+    if reread and isinstance(batches, Iterator):
+        return (f"a {type(batches).__name__}, which can be read only once; the engine reads the batches several "
+                "times (op sites, calibration, layer SQNR, exports)",
+                "use a list (`list(...)`) or a re-iterable object such as a torch DataLoader")
+    if reread and _length(batches) == 0:
+        return "an empty sequence (no batches)", f"give at least one batch, as {example}"
+    return None
+
+
+def _length(batches: Any) -> int | None:
+    try:
+        return len(batches)
+    except TypeError:  # no __len__, or a DataLoader over an IterableDataset
+        return None
 
 
 def forward_fn(loaded: LoadedRecipe) -> Callable[[nn.Module, Any], Any]:
@@ -201,9 +286,14 @@ def recipe_forward(loaded: LoadedRecipe, forward: Callable | None = None) -> Cal
     return forward or forward_fn(loaded)
 
 
-def recipe_batches(loaded: LoadedRecipe, batches: Iterable | None = None) -> Iterable | None:
-    """``batches`` if given, else the recipe's calibration data (None when the recipe has none)."""
+def recipe_batches(loaded: LoadedRecipe, batches: Iterable | None = None, reread: bool = True) -> Iterable | None:
+    """``batches`` if given (checked: a list of batches, re-iterable when ``reread``), else the recipe's
+    calibration data (None when the recipe has none)."""
     if batches is not None:
+        problem = batches_problem(batches, reread)
+        if problem:
+            message, hint = problem
+            raise RecipeError(f"batches= is {message}", hint=hint)
         return batches
     if loaded.spec.data is None or loaded.spec.data.calibration is None:
         return None

@@ -6,7 +6,8 @@
 the number reported is not the number that was selected on. Both are kept: ``metrics["validation"]``
 and ``metrics["test"]`` map each phase to its metrics, and ``metrics["reported_split"]`` names the
 split behind the top-level figures. Without ``data.test`` nothing changes: the figures are the
-validation ones and neither block is written.
+validation ones and neither block is written. Without ``data.validation`` either, the figures are
+measured on the calibration batches, and ``reported_split`` says ``calibration``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from . import data as data_mod
 from .recipe.loader import LoadedRecipe
 
 SELECTION, HELD_OUT = "validation", "test"
+CALIBRATION = "calibration"  # reported_split when the recipe has no data.validation
 
 
 class SplitEvaluation:
@@ -27,13 +29,17 @@ class SplitEvaluation:
 
     def __init__(self, loaded: LoadedRecipe, evaluate: Callable[[nn.Module, Any], dict[str, float]]) -> None:
         self.evaluate = evaluate
-        self.validation = data_mod.make_data(loaded, SELECTION)
+        self.validation = data_mod.make_data(loaded, SELECTION)  # data.calibration when data.validation is unset
+        self.on_calibration = loaded.spec.data is None or loaded.spec.data.validation is None
         has_test = loaded.spec.data is not None and loaded.spec.data.test is not None
         self.test = data_mod.make_data(loaded, HELD_OUT) if has_test else None
 
     @property
     def reported_split(self) -> str:
-        return HELD_OUT if self.test is not None else SELECTION
+        """``test``, else ``validation``, else ``calibration`` (no data.validation: the calibration batches)."""
+        if self.test is not None:
+            return HELD_OUT
+        return CALIBRATION if self.on_calibration else SELECTION
 
     def on_test(self, model: nn.Module, bar: Callable[[Any, str], Any] | None = None) -> dict[str, float] | None:
         """The metrics on ``data.test`` (None when the recipe has none); ``bar(batches, split)`` wraps them."""

@@ -27,7 +27,7 @@ def inspect_model(path: str | Path) -> dict:
 
     payload = read_model_file(path)
     with imports_refused(f"{path}'s recipe"):
-        loaded = recipe_from_lock(payload["lock"])
+        loaded = recipe_from_lock(payload["lock"], f"{path} (its recipe lock)")
     spec = loaded.spec
     disabled = list(payload.get("disabled", []))
     quantizers: dict[str, dict] = {}

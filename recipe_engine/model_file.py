@@ -18,7 +18,7 @@ from .application import apply_loaded
 from .ptq.input_scale import restore as restore_input_scales
 from .quant import backend
 from .quant.apply import get_state
-from .recipe.errors import RecipeError
+from .recipe.errors import Diagnostic, Position, RecipeError
 from .recipe.loader import LoadedRecipe, as_loaded, load_recipe
 from .recipe.lock import lock_text
 from .recipe.schema import Recipe
@@ -43,13 +43,28 @@ def save_quantized(model: nn.Module, path: str | os.PathLike, recipe: LoadedReci
     atomic_save(path, lambda tmp: torch.save(payload, tmp))
 
 
-def recipe_from_lock(text: str) -> LoadedRecipe:
+def recipe_from_lock(text: str, label: str = "<saved recipe lock>") -> LoadedRecipe:
+    """The recipe lock stored in a model file; its positions (for errors) name ``label``, not a temp file."""
     with tempfile.NamedTemporaryFile("w", suffix=".lock.yaml", delete=False) as handle:
         handle.write(text)
     try:
-        return load_recipe(handle.name)
+        try:
+            loaded = load_recipe(handle.name)
+        except RecipeError as exc:
+            raise RecipeError(diagnostics=[_relabel_diagnostic(d, handle.name, label) for d in exc.diagnostics],
+                              message=None if exc.diagnostics else exc.headline, hint=exc.hint) from None
     finally:
         os.unlink(handle.name)
+    loaded.positions = {key: _relabel(pos, handle.name, label) for key, pos in loaded.positions.items()}
+    return loaded
+
+
+def _relabel(position: Position, temp: str, label: str) -> Position:
+    return Position(label, position.line, position.col) if position.file == temp else position
+
+
+def _relabel_diagnostic(diagnostic: Diagnostic, temp: str, label: str) -> Diagnostic:
+    return Diagnostic(_relabel(diagnostic.position, temp, label), diagnostic.message, diagnostic.hint)
 
 
 def read_model_file(path: str | os.PathLike) -> dict:
@@ -78,7 +93,7 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, *,
     lock's ``model.factory`` and the lock may import what it names; what it will import is logged first.
     """
     payload = read_model_file(path)
-    loaded = recipe_from_lock(payload["lock"])
+    loaded = recipe_from_lock(payload["lock"], f"{path} (its recipe lock)")
     spec = loaded.spec
     if trust_recipe:
         import logging
@@ -103,8 +118,15 @@ def load_quantized(path: str | os.PathLike, model: nn.Module | None = None, *,
     # The backend is the engine's own code: load it (and what its library imports) before the guard.
     backends.get(spec.backend)
     guard = contextlib.nullcontext() if trust_recipe else imports_refused(f"{path}'s recipe")
-    with guard:
-        apply_loaded(model, loaded, None, data_mod.default_forward, payload["op_sites"])
+    try:
+        with guard:
+            apply_loaded(model, loaded, None, data_mod.default_forward, payload["op_sites"])
+    except RecipeError as exc:
+        if not exc.diagnostics:
+            raise
+        hint = (f"load_quantized re-applies {path}'s recipe to the model you pass: pass the FP32 model it was "
+                "saved from (same class and kwargs, not yet fused or quantized); `recipe inspect` shows the file's recipe")
+        raise RecipeError(diagnostics=[Diagnostic(d.position, d.message) for d in exc.diagnostics], hint=hint) from None
     restore_input_scales(model, payload["state_dict"], str(path))  # the ptq `smooth` step's 1/s buffers
     state = get_state(model)
     backend.load_state_dict(model, payload["state_dict"], strict=True, backend=state.backend)  # amax on CPU

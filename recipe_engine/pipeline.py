@@ -58,7 +58,7 @@ def calibrate(model: nn.Module, recipe: LoadedRecipe | Recipe | str | dict, batc
     Without ``batches`` the recipe's ``data.calibration`` is used, without ``forward`` its ``data.forward``.
     """
     loaded = as_loaded(recipe)
-    batches = data_mod.recipe_batches(loaded, batches)
+    batches = data_mod.recipe_batches(loaded, batches, reread=False)  # one pass: a generator will do
     if batches is None:
         raise RecipeError("calibrate: pass batches= (the recipe has no data.calibration)")
     result = _calibrate_state(model, batches, loaded.spec.calibration, data_mod.recipe_forward(loaded, forward),

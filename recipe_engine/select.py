@@ -67,8 +67,11 @@ def resolve_type(name: str) -> type:
         if _is_spconv_name(name):
             raise RecipeError(f"type {name!r} needs spconv, which is not installed",
                               hint=SPCONV_INSTALL_HINT) from None
-        raise RecipeError(f"type {name!r}: cannot import module {module_name!r} ({exc})",
-                          hint="write types as 'package.module:Class' or a torch.nn class name") from None
+        from .util.import_hints import not_found_hint
+
+        hint = (not_found_hint(exc.name) if exc.name and (module_name + ".").startswith(exc.name + ".") else
+                "write types as 'package.module:Class' or a torch.nn class name")
+        raise RecipeError(f"type {name!r}: cannot import module {module_name!r} ({exc})", hint=hint) from None
     except Exception as exc:  # noqa: BLE001 - the user's module failed while being imported
         raise RecipeError(f"type {name!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}",
                           hint=f"fix {module_name!r} (try `python -c 'import {module_name}'`)") from None

@@ -79,7 +79,9 @@ class ReportData:
                 ("share groups", fmt(m.get("shared_groups", 0))), ("fusions", fmt(m.get("fused", 0))),
                 ("calibration", self.calibration),
                 *([("reported split", "data.test (tune and keep_best chose on data.validation)")]
-                  if m.get("reported_split") == "test" else [])]
+                  if m.get("reported_split") == "test" else []),
+                *([("reported split", "the calibration batches (data.validation is not set)")]
+                  if m.get("reported_split") == "calibration" else [])]
 
     def worst_layers(self, count: int = WORST_LAYERS_LISTED) -> list[dict]:
         def key(item: dict) -> float:

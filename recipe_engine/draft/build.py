@@ -18,9 +18,10 @@ from typing import Any
 from .. import data as data_mod
 from ..recipe.errors import RecipeError
 from ..recipe.loader import LoadedRecipe, load_recipe
-from ..util.atomic import atomic_write_text
+from ..util.atomic import atomic_write_bytes, atomic_write_text
 from ..util.imports import import_callable
 from ..util.usercode import is_engine_error, located
+from .dict_io import add_dict_io
 from .entries import Entry
 from .exports import draft_exports
 from .fusions import draft_fusions
@@ -170,6 +171,7 @@ def _sections(loaded: LoadedRecipe) -> tuple[list[Section], list[str], int]:
     fusions = draft_fusions(model, trace)
     quant = draft_quantization(model, trace)
     exports = draft_exports(quant.layers, trace.executed())
+    add_dict_io(exports, model, batch, data_mod.forward_fn(loaded))
     try:
         count = min(len(batches), 16)
     except TypeError:
@@ -229,21 +231,29 @@ def draft_recipe(loaded: LoadedRecipe, out: str | Path, name: str | None = None)
               f"It extends {BASE} (descriptors `act`: per-tensor histogram, `w_channel`: per-channel max; mse amax). "
               "Every entry says why it is there: review them, then `recipe plan` this file and `recipe run` it."]
     result = DraftResult(out, sections, notes, expected_fusions=expected)
-    for _ in range(MAX_REPAIRS):
-        atomic_write_text(out, render(header, top, sections))
-        draft = load_recipe(out)
-        try:
-            result.plan = plan_recipe(draft)
-            return result
-        except RecipeError as exc:
-            entry = _offending(exc, sections)
-            if entry is None:
-                raise RecipeError(f"{out}: the draft does not pass `recipe plan` (please report it): "
-                                  f"{exc.format()}") from None
-            reason = _short_reason(exc)
-            _comment_out(entry, f"left out: `recipe plan` says {reason}", sections)
-            result.repaired.append(reason)
-    raise RecipeError(f"{out}: the draft still fails `recipe plan` after {MAX_REPAIRS} corrections")
+    previous = out.read_bytes() if out.is_file() else None  # --force: put it back if no draft passes
+    try:
+        for _ in range(MAX_REPAIRS):
+            atomic_write_text(out, render(header, top, sections))
+            draft = load_recipe(out)
+            try:
+                result.plan = plan_recipe(draft)
+                return result
+            except RecipeError as exc:
+                entry = _offending(exc, sections)
+                if entry is None:
+                    raise RecipeError(f"{out}: the draft does not pass `recipe plan` (please report it): "
+                                      f"{exc.format()}") from None
+                reason = _short_reason(exc)
+                _comment_out(entry, f"left out: `recipe plan` says {reason}", sections)
+                result.repaired.append(reason)
+        raise RecipeError(f"{out}: the draft still fails `recipe plan` after {MAX_REPAIRS} corrections")
+    except BaseException:  # no half-written draft: the file is as it was before `recipe init`
+        if previous is None:
+            out.unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(out, previous)
+        raise
 
 
 __all__ = ["DraftResult", "draft_recipe"]

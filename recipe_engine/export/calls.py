@@ -115,6 +115,19 @@ def bind(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
     return dict(bound.arguments)
 
 
+def call_logging_reads(module: nn.Module, args: tuple, kwargs: dict) -> tuple[dict[str, Any], Any, set[str]]:
+    """Call ``module`` on a copy of its captured call whose dicts log the keys read.
+
+    Returns (the call as {parameter: value}, the result, the dotted paths read); what the module
+    writes into a dict goes into the copy, not into the captured call.
+    """
+    arguments = bind(module, args, kwargs)
+    reads: set[str] = set()
+    bound = inspect.signature(module.forward).bind_partial()
+    bound.arguments.update({k: _copy_into(v, k, {}, reads) for k, v in arguments.items()})
+    return arguments, module(*bound.args, **bound.kwargs), reads
+
+
 class TensorCall(nn.Module):
     """``module`` called with named tensors put into its captured call; named outputs as a tuple."""
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from ..quant import backend
 from ..quant.apply import disable_matching, get_state
 from ..recipe.errors import RecipeError
 from ..recipe.loader import LoadedRecipe
@@ -62,6 +63,7 @@ def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | No
     state = get_state(model)
     with loaded.located():
         disable_matching(state, spec.disable)  # precisions follow what stays enabled after calibration
+    _check_fp8_opset(loaded, state, traced_entries)
     later = []
     paths = [e.module or "" for _, e, _ in traced_entries]
     with quantizers_off(state):
@@ -90,6 +92,26 @@ def check_exports(model: nn.Module, loaded: LoadedRecipe, batches: Iterable | No
         except RecipeError as exc:
             raise loaded.error(("export", index), f"{entry.path}: {exc.headline}", hint=exc.hint) from None
     return traced
+
+
+FP8_MIN_OPSET = 19  # FLOAT8E4M3FN QuantizeLinear/DequantizeLinear
+
+
+def _check_fp8_opset(loaded: LoadedRecipe, state: Any, traced_entries: list) -> None:
+    """An ``onnx-qdq`` entry below opset 19 whose module holds enabled FP8 quantizers fails now, not after calibration."""
+    for index, entry, _ in traced_entries:
+        if not isinstance(entry, OnnxQdqExport) or entry.opset >= FP8_MIN_OPSET:
+            continue
+        root = entry.module or ""
+        fp8 = [name for name, q in state.quantizers.items()
+               if (not root or state.owners.get(name, "") == root or state.owners.get(name, "").startswith(root + "."))
+               and backend.is_enabled(q) and backend.describe(q).get("format", "int") != "int"]
+        if fp8:
+            shown = ", ".join(fp8[:3]) + (f" (+{len(fp8) - 3})" if len(fp8) > 3 else "")
+            raise loaded.error(("export", index, "opset"),
+                               f"{entry.path}: FP8 (format: fp8_e4m3) quantizers ({shown}) need ONNX opset >= "
+                               f"{FP8_MIN_OPSET} for FLOAT8E4M3FN Q/DQ; this export uses opset {entry.opset}",
+                               hint=f"set `opset: {FP8_MIN_OPSET}` in this export entry")
 
 
 def _precheck(kind: formats.ExportFormat, module: nn.Module, entry: Any, args: tuple, kwargs: dict) -> Any:

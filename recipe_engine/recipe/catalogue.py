@@ -33,5 +33,22 @@ def scan(directory: Path | None = None) -> list[CatalogueEntry]:
                 spec = load_recipe(path).spec
                 entries.append(CatalogueEntry(spec.recipe, spec.version, spec.description, str(path)))
             except RecipeError as exc:
-                entries.append(CatalogueEntry(path.stem, "?", "(invalid)", str(path), exc.headline))
+                if _only_unnamed(exc):  # a base file: valid to extend, not to run
+                    entries.append(CatalogueEntry(path.stem, "-", "(base: no recipe/version of its own; extend it)",
+                                                  str(path)))
+                    continue
+                real = [d.message for d in exc.diagnostics if not _unnamed(d.message)]
+                entries.append(CatalogueEntry(path.stem, "?", "(invalid)", str(path), (real or [exc.headline])[0]))
     return sorted(entries, key=lambda e: (e.name, e.file))
+
+
+_UNNAMED = {"<root>: missing required key 'recipe'", "<root>: missing required key 'version'"}
+
+
+def _unnamed(message: str) -> bool:
+    return message in _UNNAMED or "a recipe that is run must name itself" in message
+
+
+def _only_unnamed(exc: RecipeError) -> bool:
+    """True when the file's only problems are a missing ``recipe:``/``version:`` (a base file)."""
+    return bool(exc.diagnostics) and all(_unnamed(d.message) for d in exc.diagnostics)

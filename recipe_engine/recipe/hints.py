@@ -72,13 +72,13 @@ def allowed_keys(path: tuple) -> list[str]:
     for part in path:
         following: list[Any] = []
         for candidate in candidates:
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel) and isinstance(part, str):
-                annotations = hints(candidate, include_extras=True)
-                for name, info in candidate.model_fields.items():
+            fields = []
+            for model in (_models_in(candidate) if isinstance(part, str) else []):  # a model, or Model | None
+                annotations = hints(model, include_extras=True)
+                for name, info in model.model_fields.items():
                     if part in (name, info.alias):
-                        following.append(annotations.get(name, info.annotation))  # assembled fields: no hint
-            else:
-                following += _containers_in(candidate)
+                        fields.append(annotations.get(name, info.annotation))  # assembled fields: no hint
+            following += fields or _containers_in(candidate)
         candidates = following
         if not candidates:
             return []
@@ -88,6 +88,21 @@ def allowed_keys(path: tuple) -> list[str]:
             for name, info in model.model_fields.items():
                 keys.append(info.alias or name)
     return sorted(set(keys))
+
+
+def _value_at(data: Any, path: tuple) -> str:
+    """The YAML-ish text of the value at ``path`` in ``data`` (for a hint), ``...`` when not found."""
+    node = data
+    for part in path:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return "..."
+    if isinstance(node, bool):
+        return str(node).lower()
+    return str(node) if isinstance(node, (int, float, str)) else "..."
 
 
 def _suggest(word: str, options: list[str]) -> str | None:
@@ -124,6 +139,10 @@ def diagnostics_from_validation(exc: ValidationError, data: Any, positions: dict
             options = allowed_keys(path[:-1])
             message = f"unknown key {key!r}"
             hint = _suggest(str(key), options) or (f"allowed keys: {', '.join(options)}" if options else None)
+            if hint and "kwargs" in options and not hint.startswith("did you mean"):
+                value = _value_at(data, path)
+                hint = (f"keyword arguments go under `kwargs:` (e.g. kwargs: {{{key}: {value}}}); "
+                        + hint)
         elif kind == "missing":
             message = f"missing required key {path[-1]!r}" if path else "missing required key"
             position_path = path[:-1]

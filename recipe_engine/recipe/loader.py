@@ -7,6 +7,7 @@ caused it, in whichever file of the ``extends`` chain defined it.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import re
 from collections.abc import Iterator
@@ -86,6 +87,16 @@ def _leading_key(message: str) -> tuple:
     if not match or match[1].split("[")[0].split(".")[0] not in Recipe.model_fields:
         return ()
     return tuple(int(i) if i else n for n, i in re.findall(r"([A-Za-z_]\w*)|\[(\d+)\]", match[1]))
+
+
+def _close_recipe_names(name: str, dirs: list[Path], limit: int = 500) -> list[str]:
+    """Recipe files (``x.yaml``, ``base/x.yaml``) in ``dirs`` whose relative path is close to ``name``."""
+    found: list[str] = []
+    for folder in dirs:
+        for pattern in ("*.yaml", "*/*.yaml"):
+            for file in sorted(folder.glob(pattern))[:limit]:
+                found.append(file.relative_to(folder).as_posix())
+    return difflib.get_close_matches(name.removeprefix("./"), list(dict.fromkeys(found)), n=2, cutoff=0.75)
 
 
 def catalogue_dirs(start: Path | None = None) -> list[Path]:
@@ -171,9 +182,13 @@ def _load_chain(path: Path, stack: tuple[Path, ...], files: list[Path]) -> tuple
         where = positions.get(("extends", index)) or positions.get(("extends",)) or Position(str(path))
         parent_path = find_recipe(parent, path.parent)
         if parent_path is None:
-            searched = ", ".join(str(d) for d in [path.parent, *catalogue_dirs(path.parent)])
+            dirs = list(dict.fromkeys([path.parent, *catalogue_dirs(path.parent)]))
+            searched = ", ".join(str(d) for d in dirs)
+            close = _close_recipe_names(parent, dirs)
+            guess = ("did you mean " + " or ".join(map(repr, close)) + "? ") if close else ""
             raise RecipeError(diagnostics=[Diagnostic(where, f"extends: cannot find parent recipe {parent!r}",
-                                                      f"paths are relative to this file; also searched {searched}")])
+                                                      f"{guess}paths are relative to this file; also searched "
+                                                      f"{searched}")])
         parent_data, parent_positions = _load_chain(parent_path, (*stack, path), files)
         merged, merged_positions = deep_merge(merged, merged_positions, parent_data, parent_positions)
     files.append(path)

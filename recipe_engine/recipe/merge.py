@@ -81,10 +81,16 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     try:  # the same bounded, JSON-like-only parser as recipe files
         value = parse_yaml(raw, f"--set {key}")[0] if raw.strip() else ""
     except RecipeError as exc:
-        raise RecipeError(f"--set {text!r}: value is not valid YAML: {exc.format()}",
+        detail = f"{exc.diagnostics[0].position}: {exc.diagnostics[0].message}" if exc.diagnostics else exc.headline
+        raise RecipeError(f"--set {text!r}: value is not valid YAML: {detail}",
                           hint="quote the whole argument in your shell, e.g. --set 'disable=[a, b]'") from None
     path: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
     return path, value
+
+
+def raw_value(text: str) -> str:
+    """The VALUE part of ``KEY=VALUE``, stripped."""
+    return text.split("=", 1)[1].strip() if "=" in text else ""
 
 
 def apply_override(data: dict, positions: Positions, text: str) -> None:
@@ -99,7 +105,10 @@ def apply_override(data: dict, positions: Positions, text: str) -> None:
             node = node[part]
             continue
         if not isinstance(node, dict):
-            raise RecipeError(f"--set {text!r}: '{'.'.join(map(str, path[:depth]))}' is not a mapping")
+            where = ".".join(map(str, path[:depth]))
+            hint = (f"'{where}' is a list: name its items by index, e.g. --set {where}.0.{'.'.join(map(str, path[depth + 1:])) or 'KEY'}=..."
+                    if isinstance(node, list) else None)
+            raise RecipeError(f"--set {text!r}: '{where}' is not a mapping", hint=hint)
         if node.get(part) is None:
             node[part] = {}
         node = node[part]
@@ -111,7 +120,9 @@ def apply_override(data: dict, positions: Positions, text: str) -> None:
         if current is None:
             current = []
         if not isinstance(current, list) or not isinstance(value, list):
-            raise RecipeError(f"--set {text!r}: '+=' appends a list to a list")
+            hint = (f"write the items as a list: --set '{'.'.join(map(str, path))}+=[{raw_value(text)}]'"
+                    if isinstance(current, list) else f"'{'.'.join(map(str, path))}' is not a list: use = to replace it")
+            raise RecipeError(f"--set {text!r}: '+=' appends a list to a list", hint=hint)
         value = current + value
     if isinstance(node, list) and isinstance(last, int):
         if last >= len(node):

@@ -17,8 +17,21 @@ TYPE_PATH = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
 
 def check_callable(value: str | None) -> str | None:
     if value is not None and not CALLABLE_PATH.fullmatch(value):
-        raise ValueError(f"expected 'package.module:callable', got {value!r}")
+        suggestion = _callable_suggestion(value)
+        raise ValueError(f"expected 'package.module:callable', got {value!r}"
+                         + (f"; did you mean {suggestion!r}? (a module's import path, not a file path)"
+                            if suggestion else ""))
     return value
+
+
+def _callable_suggestion(value: str) -> str | None:
+    """``mydet/model.py:build`` -> ``mydet.model:build``; ``mydet.model.build`` -> ``mydet.model:build``."""
+    module, colon, attr = value.strip().partition(":")
+    module = module.removeprefix("./").removesuffix(".py").replace("/", ".").replace("\\", ".").strip(".")
+    if not colon and module.count(".") >= 2:
+        module, _, attr = module.rpartition(".")
+    candidate = f"{module}:{attr}"
+    return candidate if candidate != value and CALLABLE_PATH.fullmatch(candidate) else None
 
 
 def check_types(value: str | list[str] | None) -> str | list[str] | None:

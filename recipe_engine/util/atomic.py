@@ -82,6 +82,9 @@ def _create_temp(target: Path) -> Path:
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; rename it onto ``target`` if the block succeeds."""
     target = check_inside(target)
+    if target.is_dir():
+        raise RecipeError(f"cannot write {target}: it is a directory",
+                          hint=f"give the path of a file, e.g. {target / ('model' + (target.suffix or '.pt'))}")
     tmp_path: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..recipe.errors import RecipeError
+from .import_hints import attribute_hint, not_found_hint
 
 
 def import_callable(reference: str, *, what: str = "factory") -> Any:
@@ -24,6 +25,8 @@ def import_callable(reference: str, *, what: str = "factory") -> Any:
             from ..select import SPCONV_INSTALL_HINT
 
             hint = SPCONV_INSTALL_HINT
+        elif exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            hint = not_found_hint(exc.name)
         raise RecipeError(f"{what} {reference!r}: cannot import {module_name!r}: {exc}", hint=hint) from None
     except Exception as exc:  # noqa: BLE001 - a SyntaxError or any error raised while importing the user's module
         from .usercode import describe
@@ -33,9 +36,8 @@ def import_callable(reference: str, *, what: str = "factory") -> Any:
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            public = sorted(n for n in dir(module) if not n.startswith("_"))[:12]
             raise RecipeError(f"{what} {reference!r}: {module_name} has no attribute {attr!r}",
-                              hint="available: " + ", ".join(public))
+                              hint=attribute_hint(target, part))
         target = getattr(target, part)
     if not callable(target):
         raise RecipeError(f"{what} {reference!r} is not callable")

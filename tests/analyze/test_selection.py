@@ -74,3 +74,13 @@ def test_without_test_split_the_validation_figures_are_reported(tmp_path) -> Non
     assert metrics["reported_split"] == "validation"
     assert "test" not in metrics and "validation" not in metrics
     assert metrics["int8"]["split"] == VAL
+
+
+def test_without_validation_split_the_figures_say_they_are_on_the_calibration_data(tmp_path) -> None:
+    data = _recipe()
+    del data["data"]["test"], data["data"]["validation"], data["data"]["evaluate"]
+    data["data"]["evaluate"] = "tests.train.models:energy"
+    metrics = _run(tmp_path, data)
+    assert metrics["reported_split"] == "calibration"  # was "validation": the INT8 figure is on the data it calibrated on
+    assert "| reported split | the calibration batches (data.validation is not set) |" in \
+        (tmp_path / "run" / "report.md").read_text()

@@ -37,3 +37,18 @@ def test_backward_runs_on_cpu_and_matches_dense_gradient() -> None:
     dense_out[idx[:, 0], :, idx[:, 1], idx[:, 2], idx[:, 3]].square().sum().backward()
     expected = dense_weight.grad.permute(0, 2, 3, 4, 1)
     assert torch.allclose(layer.weight.grad, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_biased_and_relu_fused_sparse_convs_run_inference_on_cpu() -> None:
+    """spconv's default bias=True asserted "cpu don't support act and bias" in eval mode on CPU."""
+    torch.manual_seed(0)
+    x = random_sparse_input()
+    for layer in (spconv.SubMConv3d(4, 6, 3, padding=1, indice_key="k"),
+                  spconv.SparseConv3d(4, 6, 3, stride=2, padding=1)):
+        with torch.no_grad():
+            reference = layer.train()(x).features  # training: spconv adds the bias itself, outside the kernel
+            assert torch.allclose(layer.eval()(x).features, reference, atol=1e-6)
+            relu = type(layer.act_type).ReLU
+            layer.act_type = relu
+            assert torch.allclose(layer(x).features, torch.relu(reference), atol=1e-6)
+            assert (layer(x).features < 0).sum() == 0 and (reference < 0).sum() > 0
