@@ -187,7 +187,9 @@ class _Runner:
     def run(self, features: torch.Tensor, sites: Sites) -> list[torch.Tensor]:
         self.values[self.graph.input[0].name] = SparseValue(features.detach().float().cpu().half().float(), sites,
                                                             "fp16")
-        for node in self.graph.node:
+        last_read = {name: step for step, node in enumerate(self.graph.node) for name in node.input}
+        kept = {o.name for o in self.graph.output}
+        for step, node in enumerate(self.graph.node):
             attrs = attributes(node)
             op = node.op_type
             if op == "SparseConvolution":
@@ -209,6 +211,9 @@ class _Runner:
             else:
                 raise RecipeError(f"scn runtime: node type {op} is not part of the libspconv format")
             self.values[node.output[0]] = value
+            for name in node.input:  # a tensor no later node reads is freed (the runtime's peak is one layer's)
+                if last_read[name] == step and name not in kept:
+                    self.values.pop(name, None)
         outputs = [self.values[o.name] for o in self.graph.output]
         if any(not isinstance(o, torch.Tensor) for o in outputs):
             raise RecipeError("scn runtime: a graph output is sparse; libspconv outputs come from ScatterDense")
