@@ -161,6 +161,11 @@ class RulebookCache:
             self.by_key[key] = book
         return book
 
+    def release(self, key: str) -> None:
+        """Forget rulebook ``key`` (no later conv uses it): its pairs are the runtime's largest index arrays."""
+        book = self.by_key.pop(key, None)
+        self.by_sites = {k: b for k, b in self.by_sites.items() if b is not book}
+
     def inverse(self, name: str, sites: Sites, attrs: dict, key: str) -> Rulebook:
         book = self.by_key.get(key)
         if book is None:
