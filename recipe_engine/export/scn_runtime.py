@@ -20,6 +20,8 @@ path, which multiplies by ``weight.reshape(I, O)``). Index mappings come from
   stands for the batch).
 
 Indices and the grid are given in the file's ``format`` order, as the runtime receives them.
+A tensor is freed after the last node that reads it and a rulebook after the last conv that uses
+its key, so a run holds about one layer's features and index pairs, not the whole network's.
 """
 
 from __future__ import annotations
