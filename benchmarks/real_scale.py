@@ -1,7 +1,7 @@
 """A nuScenes-sized CenterPoint through every stage of the engine: time and peak memory per stage.
 
     .venv/bin/python benchmarks/real_scale.py [--batches 1 4] [--voxels 90000] [--threads 1] [--profile]
-                                              [--save-histograms PATH]
+                                              [--save-histograms PATH] [--trim]
 
 Model (random weights; BN statistics set by one training-mode forward, so activations keep their scale
 through depth): the zoo's ``SparseEncoder`` on nuScenes' grid -- 1440 x 1440 x 41 cells of 0.075 m (x, y)
@@ -21,6 +21,9 @@ points are voxelised on the nuScenes grid (mean of the points per voxel) and the
 way). Every stage is one call of the engine's own functions; each batch size runs in its own process
 (``--child``), which reports wall time and the peak resident memory above the stage's start, sampled every
 2 ms from ``/proc/self/statm`` (tracemalloc does not see torch's allocations), plus ``ru_maxrss``.
+glibc keeps freed memory for reuse, so a stage that fits in what earlier stages freed shows little
+or nothing above its start; ``--trim`` calls ``malloc_trim(0)`` before each stage (freed memory goes
+back to the system first), so each stage's figure is its own.
 ``--profile`` adds the five functions with the most own time per stage (cProfile). ``--save-histograms PATH``
 writes the collected histograms (one batch size) for ``benchmarks/amax_search.py --histograms PATH``;
 ``benchmarks/calibration_speed.py --real-scale`` compares statistics collection with the FP32 forward on
@@ -175,7 +178,11 @@ class PeakRss:
             self.peak = max(self.peak, self.now())
             time.sleep(0.002)
 
-    def reset(self) -> int:
+    def reset(self, trim: bool = False) -> int:
+        if trim:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         self.peak = start = self.now()
         return start
 
@@ -211,7 +218,8 @@ def save_histograms(state, path: str) -> None:
     torch.save(saved, path)
 
 
-def child(batch_size: int, voxels: int, calib_batches: int, profile: bool, save: str | None = None) -> list[dict]:
+def child(batch_size: int, voxels: int, calib_batches: int, profile: bool, save: str | None = None,
+          trim: bool = False) -> list[dict]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from recipe_engine.calib.collect import collect_statistics
     from recipe_engine.calib.loop import finish_calibration
@@ -224,7 +232,7 @@ def child(batch_size: int, voxels: int, calib_batches: int, profile: bool, save:
     rows: list[dict] = []
 
     def stage(name: str, fn, note: str = ""):
-        start = rss.reset()
+        start = rss.reset(trim)
         tick = time.perf_counter()
         profiler = cProfile.Profile() if profile else None
         if profiler:
@@ -321,12 +329,15 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--save-histograms", default=None, metavar="PATH",
                         help="save the collected histograms (torch.save; with one batch size) for amax_search.py")
+    parser.add_argument("--trim", action="store_true",
+                        help="malloc_trim(0) before each stage: peaks above the stage's start without reused heap")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child is not None:
         with contextlib.redirect_stdout(sys.stderr):
-            rows = child(args.child, args.voxels, args.calib_batches, args.profile, args.save_histograms)
+            rows = child(args.child, args.voxels, args.calib_batches, args.profile, args.save_histograms,
+                         args.trim)
         print(json.dumps(rows))
         return
     rows = []
@@ -335,13 +346,15 @@ def main() -> None:
                    "--calib-batches", str(args.calib_batches), "--threads", str(args.threads)]
         command += ["--profile"] if args.profile else []
         command += ["--save-histograms", args.save_histograms] if args.save_histograms else []
+        command += ["--trim"] if args.trim else []
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "RECIPE_NO_PROGRESS": "1"})
         if done.returncode != 0:
             print(f"batch {batch}: the child process failed (exit {done.returncode})", file=sys.stderr)
             continue
         rows += json.loads(done.stdout.strip().splitlines()[-1])
+    trimmed = ", malloc_trim before each stage" if args.trim else ""
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, {args.voxels} voxels per "
-          f"frame, {args.calib_batches} calibration batches per run\n")
+          f"frame, {args.calib_batches} calibration batches per run{trimmed}\n")
     print("| batch | stage | s | peak MiB above stage start | process RSS peak MiB | note |")
     print("|---:|---|---:|---:|---:|---|")
     for r in rows:

@@ -54,6 +54,7 @@ from .ort_verify import check_against_fp32, fused_ops
 from .quantizers import check_exportable, qdq_notes, quantizers_off
 from .scn_runtime import run_scn as run_sparse_runtime  # the runtime onnx-sparse files are verified with
 from .scn_runtime import swap_layout
+from .scn_tail import scatter_dense
 from .settings import OnnxQdqExport, OnnxSparseExport, TensorRTExport
 from .signal_check import problems, signal_figures, summarize_signal
 from .sparse_trace import SparseTrace, trace_sparse
@@ -276,7 +277,7 @@ def expected_outputs(trace: SparseTrace, outputs: list[OutputPlan], convert: boo
         if plan.exact:
             expected.append(trace.output_tensors[index])
             continue
-        dense = trace.scatter_tensors[plan.scatter]
+        dense = scatter_dense(trace, index)
         if convert:
             dense = dense.permute(*REVERSE)
         if plan.perm is not None:

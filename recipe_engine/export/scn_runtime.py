@@ -20,6 +20,8 @@ path, which multiplies by ``weight.reshape(I, O)``). Index mappings come from
   stands for the batch).
 
 Indices and the grid are given in the file's ``format`` order, as the runtime receives them.
+A tensor is freed after the last node that reads it and a rulebook after the last conv that uses
+its key, so a run holds about one layer's features and index pairs, not the whole network's.
 """
 
 from __future__ import annotations
@@ -187,7 +189,11 @@ class _Runner:
     def run(self, features: torch.Tensor, sites: Sites) -> list[torch.Tensor]:
         self.values[self.graph.input[0].name] = SparseValue(features.detach().float().cpu().half().float(), sites,
                                                             "fp16")
-        for node in self.graph.node:
+        last_read = {name: step for step, node in enumerate(self.graph.node) for name in node.input}
+        last_book = {_text(attributes(node).get("rulebook", "")): step for step, node in enumerate(self.graph.node)
+                     if node.op_type == "SparseConvolution"}
+        kept = {o.name for o in self.graph.output}
+        for step, node in enumerate(self.graph.node):
             attrs = attributes(node)
             op = node.op_type
             if op == "SparseConvolution":
@@ -209,6 +215,12 @@ class _Runner:
             else:
                 raise RecipeError(f"scn runtime: node type {op} is not part of the libspconv format")
             self.values[node.output[0]] = value
+            for name in node.input:  # a tensor no later node reads is freed (the runtime's peak is one layer's)
+                if last_read[name] == step and name not in kept:
+                    self.values.pop(name, None)
+            key = _text(attrs.get("rulebook", "")) if op == "SparseConvolution" else ""
+            if key and last_book[key] == step:
+                self.rulebooks.release(key)
         outputs = [self.values[o.name] for o in self.graph.output]
         if any(not isinstance(o, torch.Tensor) for o in outputs):
             raise RecipeError("scn runtime: a graph output is sparse; libspconv outputs come from ScatterDense")
@@ -227,7 +239,7 @@ def _gather_gemm_scatter(x: torch.Tensor, kernel: torch.Tensor, pairs: list[tupl
     float64; the result is the exact integer accumulation, in float64.
     """
     out_c, taps, in_c = kernel.shape
-    table = np.full((out_points, taps), x.shape[0], dtype=np.int64)
+    table = np.full((out_points, taps), x.shape[0], dtype=np.int64 if x.shape[0] >= 2**31 else np.int32)
     for k, (rows_in, rows_out) in enumerate(pairs):
         table[rows_out, k] = rows_in
     used = np.nonzero((table != x.shape[0]).any(0))[0]  # offsets that pair anything

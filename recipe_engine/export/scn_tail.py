@@ -3,7 +3,8 @@
 :func:`plan_output` finds, for one traced output, the tail that reproduces the PyTorch module's own
 arrangement (``exact``), or the closest one libspconv can express after a layout conversion, or the
 one a compatibility profile's application reads (:mod:`.scn_compat`). A tail that is not exact is
-compared with PyTorch in the file's arrangement (see :func:`.runner.expected_outputs`).
+compared with PyTorch in the file's arrangement (see :func:`.runner.expected_outputs`), from the
+scatter's dense tensor that :func:`scatter_dense` recovers from the module's output.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..recipe.errors import RecipeError
 from .scn_compat import TRANSPOSE_DIMS, Profile, expected_dims
@@ -80,6 +82,25 @@ def plan_output(trace: SparseTrace, value: int, layout: str, convert: bool,
         else:
             dims = [1, *_merge_like(model_shape, reshape, out_shape)[1:]]
     return OutputPlan(scatter.output, chosen[0], dims, exact is not None, chosen[1])
+
+
+def scatter_dense(trace: SparseTrace, position: int) -> torch.Tensor:
+    """The channels-first dense tensor ``[N, C, s0, s1, s2]`` of the scatter behind output ``position``.
+
+    A view of ``trace.output_tensors[position]`` with its permutes and reshapes undone (they are the
+    only ops the tracer allows after a scatter), so the trace keeps no copy of the scatter.
+    """
+    producer = {op.output: op for op in trace.ops}
+    dense = trace.output_tensors[position]
+    current = producer[trace.outputs[position]]
+    while current.kind != "scatter":
+        source = current.inputs[0]
+        if current.kind == "reshape":
+            dense = dense.reshape(trace.values[source].shape)
+        else:  # permute
+            dense = dense.permute(*np.argsort(current.info["perm"]).tolist())
+        current = producer[source]
+    return dense.permute(0, 4, 1, 2, 3)
 
 
 def _profile_output(trace: SparseTrace, scatter: Op, file_axes: list[str], model_axes: list[str],

@@ -36,12 +36,15 @@ from .verify import compare, round_figure, to_numpy
 CEILING_DB = 60.0
 SYSTEMATIC_DB = -10.0
 MIN_PER_CHANNEL = 256
+BLOCK = 1 << 20  # elements per float64 block of the streaming statistics (8 MiB per array)
 
 
 def sqnr_db(actual: np.ndarray, reference: np.ndarray) -> float:
     """SQNR of ``actual`` against ``reference`` in dB, capped at :data:`CEILING_DB`."""
-    signal = float(np.sum(reference * reference))
-    noise = float(np.sum((actual - reference) ** 2))
+    return _sqnr(float(np.sum(reference * reference)), float(np.sum((actual - reference) ** 2)))
+
+
+def _sqnr(signal: float, noise: float) -> float:
     if not np.isfinite(noise):
         return float("-inf")
     if noise <= signal * 10 ** (-CEILING_DB / 10) or signal == 0:
@@ -59,35 +62,92 @@ def _fit_energy(d: np.ndarray, x: np.ndarray) -> float:
     return float(np.sum(dm[:, 0] ** 2) * d.shape[1] + np.sum(slope * slope * sxx))
 
 
+def _per_channel(array: np.ndarray) -> bool:
+    """Whether the fit is per output channel (axis 1): every channel has MIN_PER_CHANNEL elements."""
+    return array.ndim >= 2 and array.size // max(array.shape[1], 1) >= MIN_PER_CHANNEL
+
+
 def _groups(array: np.ndarray) -> np.ndarray:
     """Rows = output channels (axis 1) when each has enough elements, else one row."""
-    if array.ndim >= 2 and array.size // max(array.shape[1], 1) >= MIN_PER_CHANNEL:
+    if _per_channel(array):
         return np.moveaxis(array, 1, 0).reshape(array.shape[1], -1)
     return array.reshape(1, -1)
 
 
+def _blocks(arrays: Sequence[np.ndarray], per_channel: bool):
+    """``(first group, float64 blocks [groups, elements])`` covering same-shaped ``arrays``, BLOCK elements or less.
+
+    Groups are the output channels (axis 1; a block holds channels of one batch item, or a part of
+    one channel) when ``per_channel``, else one group over the flattened arrays.
+    """
+    if not per_channel:
+        flat = [a.reshape(-1) for a in arrays]
+        for start in range(0, flat[0].size, BLOCK):
+            yield 0, [f[start:start + BLOCK].astype(np.float64).reshape(1, -1) for f in flat]
+        return
+    channels, inner = arrays[0].shape[1], arrays[0][0, 0].size
+    step = max(1, BLOCK // max(inner, 1))
+    for item in range(arrays[0].shape[0]):
+        for first in range(0, channels, step):
+            rows = [a[item, first:first + step].reshape(min(step, channels - first), -1) for a in arrays]
+            width = BLOCK // len(rows[0])  # elements of each channel per block: all, unless inner > BLOCK
+            for start in range(0, inner, width):
+                yield first, [r[:, start:start + width].astype(np.float64) for r in rows]
+
+
 def signal_figures(runtime: Any, pytorch: Any, fp32: Any) -> dict[str, float]:
-    """Figures of one output: SQNRs, loss, systematic error, and the step statistics vs PyTorch."""
-    rt, pt, ref = (to_numpy(v).astype(np.float64) for v in (runtime, pytorch, fp32))
+    """Figures of one output: SQNRs, loss, systematic error, and the step statistics vs PyTorch.
+
+    Two streaming passes over float64 blocks (:data:`BLOCK` elements), so the memory stays a few
+    blocks whatever the output's size: sums per channel group, then the sums around their means.
+    """
+    rt, pt, ref = (to_numpy(v) for v in (runtime, pytorch, fp32))
     if not (rt.shape == pt.shape == ref.shape):
         raise ValueError(f"output shapes differ: runtime {rt.shape}, pytorch {pt.shape}, fp32 {ref.shape}")
     steps = compare(rt, pt)
-    sqnr_pt, sqnr_rt = sqnr_db(pt, ref), sqnr_db(rt, ref)
-    finite = bool(np.isfinite(rt).all())
-    d = np.where(np.isfinite(rt), rt - pt, 0.0)
-    budget = max(float(np.sum((pt - ref) ** 2)), float(np.sum(ref * ref)) * 10 ** (-CEILING_DB / 10), 1e-30)
-    systematic = _fit_energy(_groups(d), _groups(ref)) if d.size else 0.0
-    flat_x = ref.reshape(-1) - ref.mean() if ref.size else ref.reshape(-1)
-    sxx = float(np.sum(flat_x * flat_x))
-    gain = float(np.sum(flat_x * d.reshape(-1)) / sxx) if sxx > 0 else 0.0
+    per_channel = _per_channel(ref)
+    groups = ref.shape[1] if per_channel else 1
+    size = ref.size
+    count = size // groups if size else 0
+    sum_x, sum_d = np.zeros(groups), np.zeros(groups)
+    signal = noise_pt = noise_rt = 0.0
+    finite = True
+    for first, (r, p, x) in _blocks((rt, pt, ref), per_channel):
+        rows = slice(first, first + len(x))
+        ok = np.isfinite(r)
+        finite = finite and bool(ok.all())
+        d = np.where(ok, r - p, 0.0)
+        sum_x[rows] += x.sum(axis=1)
+        sum_d[rows] += d.sum(axis=1)
+        signal += float(np.sum(x * x))
+        noise_pt += float(np.sum((p - x) ** 2))
+        noise_rt += float(np.sum((r - x) ** 2))
+    mean_x = sum_x / max(count, 1)
+    mean_all = float(sum_x.sum()) / size if size else 0.0
+    sxx, sxd = np.zeros(groups), np.zeros(groups)
+    sxx_all = sxd_all = 0.0
+    for first, (r, p, x) in _blocks((rt, pt, ref), per_channel):
+        rows = slice(first, first + len(x))
+        d = np.where(np.isfinite(r), r - p, 0.0)
+        xm = x - mean_x[rows, None]
+        sxx[rows] += np.sum(xm * xm, axis=1)
+        sxd[rows] += np.sum(xm * d, axis=1)
+        flat = x - mean_all
+        sxx_all += float(np.sum(flat * flat))
+        sxd_all += float(np.sum(flat * d))
+    sqnr_pt, sqnr_rt = _sqnr(signal, noise_pt), _sqnr(signal, noise_rt)
+    budget = max(noise_pt, signal * 10 ** (-CEILING_DB / 10), 1e-30)
+    slope = np.divide(sxd, sxx, out=np.zeros_like(sxd), where=sxx > 0)
+    mean_d = sum_d / max(count, 1)
+    systematic = float(np.sum(mean_d ** 2) * count + np.sum(slope * slope * sxx)) if size else 0.0
     return {
         **steps,
         "sqnr_pytorch_db": sqnr_pt,
         "sqnr_runtime_db": sqnr_rt if finite else float("-inf"),
         "sqnr_loss_db": (sqnr_pt - sqnr_rt) if finite else float("inf"),
         "systematic_db": 10 * np.log10(max(systematic, 1e-30) / budget) if finite else float("inf"),
-        "bias_steps": float(d.mean() / steps["output_step"]) if d.size else 0.0,
-        "gain": gain,
+        "bias_steps": float(sum_d.sum() / size / steps["output_step"]) if size else 0.0,
+        "gain": sxd_all / sxx_all if sxx_all > 0 else 0.0,
     }
 
 

@@ -11,11 +11,15 @@ While the module runs once on its captured inputs, and only then:
   ops; shape/metadata queries pass through; any other op on a traced tensor is an error
   naming the op and the module it ran in.
 All hooks are removed and the mode is left when the trace ends (also on errors). Tensors are
-followed by identity; references are kept for the trace's lifetime so ids stay unique.
+followed by identity through weak references (:class:`_ById`), so intermediate features are freed
+as in the plain forward. The trace keeps the graph's metadata, the dense outputs (not copied; the
+scatter's dense is a view of them, :func:`.scn_tail.scatter_dense`) and a compact copy of each
+conv's input indices (spconv's strided-conv indices are slices of buffers up to 27x larger).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,8 +72,7 @@ class SparseTrace:
     spatial_shape: list[int] | None = None
     batch_size: int | None = None
     outputs: list[int] = field(default_factory=list)
-    output_tensors: list[torch.Tensor] = field(default_factory=list)
-    scatter_tensors: dict[int, torch.Tensor] = field(default_factory=dict)  # scatter op output -> dense (N,C,...)
+    output_tensors: list[torch.Tensor] = field(default_factory=list)  # the module's dense outputs (detached)
     module_classes: dict[str, type] = field(default_factory=dict)  # path -> class of every traced submodule
 
 
@@ -83,6 +86,21 @@ def _first_sparse_or_features(args: tuple, kwargs: dict) -> torch.Tensor | None:
     return None
 
 
+class _ById:
+    """``id(tensor) -> payload`` through weak references: a tensor's entry never keeps it alive, and
+    an id that a freed tensor's successor reuses does not match the old entry (it is overwritten)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple[weakref.ref, Any]] = {}
+
+    def get(self, obj: Any) -> Any:
+        hit = self.entries.get(id(obj))
+        return hit[1] if hit is not None and hit[0]() is obj else None
+
+    def set(self, tensor: torch.Tensor, payload: Any) -> None:
+        self.entries[id(tensor)] = (weakref.ref(tensor), payload)
+
+
 class _Tracer(TorchFunctionMode):
     """Follows feature tensors through the calls made between spconv modules.
 
@@ -93,8 +111,9 @@ class _Tracer(TorchFunctionMode):
     def __init__(self, root_path: str):
         super().__init__()
         self.trace = SparseTrace()
-        self.tensors: dict[int, tuple[torch.Tensor, int]] = {}  # id -> (tensor kept alive, value index)
-        self.quantized: dict[int, tuple[torch.Tensor, backend.Quantizer]] = {}
+        self.tensors = _ById()  # tensor -> value index
+        self.quantized = _ById()  # tensor -> the op-site quantizer it came out of
+        self.compact: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (conv input indices, compact copy)
         self.depth = 0
         self.stack: list[str] = [root_path or "<model>"]
         self.conv_calls: dict[int, int] = {}
@@ -108,14 +127,17 @@ class _Tracer(TorchFunctionMode):
         return value.index
 
     def bind(self, tensor: torch.Tensor, index: int) -> None:
-        self.tensors[id(tensor)] = (tensor, index)
+        self.tensors.set(tensor, index)
 
     def lookup(self, obj: Any) -> int | None:
-        if isinstance(obj, torch.Tensor):
-            hit = self.tensors.get(id(obj))
-            if hit is not None and hit[0] is obj:
-                return hit[1]
-        return None
+        return self.tensors.get(obj) if isinstance(obj, torch.Tensor) else None
+
+    def compact_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """A copy of ``indices`` owning only its rows (one per tensor, so ``a is b`` still means the same call)."""
+        hit = self.compact.get(id(indices))
+        if hit is None or hit[0] is not indices:
+            hit = self.compact[id(indices)] = (indices, indices.clone())  # the original held for the trace only
+        return hit[1]
 
     def value(self, index: int) -> Value:
         return self.trace.values[index]
@@ -169,7 +191,7 @@ class _Tracer(TorchFunctionMode):
             self.trace.ops.append(Op("conv", [index], out, module, path, {
                 "call": calls, "in_spatial": list(x.spatial_shape), "out_spatial": list(output.spatial_shape),
                 "in_points": int(x.features.shape[0]), "out_points": int(output.features.shape[0]),
-                "in_indices": x.indices, "out_indices": output.indices}))
+                "in_indices": self.compact_indices(x.indices)}))
         return hook
 
     def quantizer_pre(self, module: nn.Module, args: tuple) -> None:
@@ -182,9 +204,10 @@ class _Tracer(TorchFunctionMode):
         index = self.lookup(args[0])
         if index is not None and isinstance(output, torch.Tensor) and output is not args[0]:
             self.bind(output, index)
-            self.quantized[id(output)] = (output, module)
+            self.quantized.set(output, module)
         elif index is not None and output is args[0] and not backend.is_enabled(module):
-            self.quantized.setdefault(id(output), (output, module))  # a disabled site: its calibrated range
+            if self.quantized.get(output) is None:  # a disabled site: its calibrated range
+                self.quantized.set(output, module)
 
     # -- torch functions between modules ---------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -226,7 +249,7 @@ class _Tracer(TorchFunctionMode):
             raise self.fail(f"`{name}` on dense tensors is not part of the libspconv format")
         if va.shape != vb.shape:
             raise self.fail(f"`{name}` of sparse tensors with shapes {va.shape} and {vb.shape}")
-        quantizers = [self.quantized.get(id(t), (None, None))[1] for t in args[:2]]
+        quantizers = [self.quantized.get(t) for t in args[:2]]
         out = self.new_value(result, "sparse", spatial_shape=va.spatial_shape, batch_size=va.batch_size)
         self.trace.ops.append(Op("add", [a, b], out, path=self.where(), info={"quantizers": quantizers}))
 
@@ -289,7 +312,6 @@ class _Tracer(TorchFunctionMode):
                             "([batch, *spatial_shape, channels], as SparseConvTensor.dense() makes it)")
         result = func(*args, **kwargs)
         out = self.new_value(target, "dense", axes=["N", "s0", "s1", "s2", "C"])
-        self.trace.scatter_tensors[out] = target.detach().permute(0, 4, 1, 2, 3).clone()
         self.trace.ops.append(Op("scatter", [index], out, path=self.where(), info={
             "spatial_shape": list(value.spatial_shape), "channels": int(value.shape[1]),
             "batch_size": int(value.batch_size)}))
@@ -311,17 +333,19 @@ def _kind(name: str) -> str | None:
 
 
 def _tensor_args(args: tuple, kwargs: dict) -> list[torch.Tensor]:
-    found: list[torch.Tensor] = []
+    """The tensors in ``args`` and ``kwargs``' values, nested lists/tuples included.
 
-    def walk(value: Any) -> None:
+    A loop, not a recursive closure: a closure that calls itself is a reference cycle, and the
+    list it fills (every torch call's tensors) would live until the next garbage collection.
+    """
+    found: list[torch.Tensor] = []
+    stack: list[Any] = [list(kwargs.values()), args]
+    while stack:
+        value = stack.pop()
         if isinstance(value, torch.Tensor):
             found.append(value)
         elif isinstance(value, (list, tuple)):
-            for item in value:
-                walk(item)
-
-    walk(args)
-    walk(list(kwargs.values()))
+            stack.extend(reversed(value))
     return found
 
 
@@ -371,7 +395,7 @@ def trace_sparse(module: nn.Module, path: str, args: tuple, kwargs: dict[str, An
             raise RecipeError(f"onnx-sparse: {path or 'the model'} returns a tensor that is not a traced dense "
                               "output (libspconv outputs come from SparseConvTensor.dense())")
         trace.outputs.append(index)
-        trace.output_tensors.append(tensor.detach().clone())
+        trace.output_tensors.append(tensor.detach())
     if sparse.is_sparse_tensor(output) or (isinstance(output, (list, tuple))
                                            and any(sparse.is_sparse_tensor(o) for o in output)):
         raise RecipeError(f"onnx-sparse: {path or 'the model'} returns a SparseConvTensor; the format's outputs "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 
 import numpy as np
 import onnx
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
+from recipe_engine.export import scn_runtime
 from recipe_engine.export.runner import export
 from recipe_engine.export.scn_runtime import fake_quant, run_scn
 from recipe_engine.fuse import apply_fusions
@@ -124,6 +126,27 @@ def test_runtime_equals_dense_conv3d_for_subm_strided_and_inverse() -> None:
             y = layer(y)
             y = y.replace_feature(_fp16(y.features))
             assert (y.dense() - produced).abs().max() < 2e-3 * produced.abs().max()
+
+
+def test_runtime_frees_each_tensor_after_its_last_reader(monkeypatch) -> None:
+    """At nuScenes scale every layer's features stayed alive to the end of the run (issue 16)."""
+    x = _voxels(points=300, channels=4)
+    convs = [_conv_node(i, str(i), str(i + 1), _fp16(torch.randn(4, 3, 3, 3, 4) * 0.3), subm=1, padding=[1, 1, 1],
+                        rulebook="subm") for i in range(4)]
+    made: list[weakref.ref] = []
+    alive: list[int] = []
+    conv = scn_runtime._Runner.conv
+
+    def watched(self, node, attrs):
+        alive.append(sum(ref() is not None for ref in made))
+        value = conv(self, node, attrs)
+        made.append(weakref.ref(value.features))
+        return value
+
+    monkeypatch.setattr(scn_runtime._Runner, "conv", watched)
+    (out,) = run_scn(_file(convs, [("4", "5", SHAPE, 4)], 4), x.features, x.indices, SHAPE, 1)
+    assert alive == [0, 1, 1, 1]  # when a conv runs, only its input is alive
+    assert made[-1]() is None and out.shape == (1, 4, *SHAPE)
 
 
 def test_int8_layer_accumulates_integers_and_quantizes_its_output_for_its_reader() -> None:
