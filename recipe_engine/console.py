@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ class NullStory:
     def end(self) -> None: ...
     def failed(self, exc: BaseException) -> None: ...
     def failure_summary(self, metrics: dict, record: Path) -> None: ...
+
+    def warn(self, text: str) -> None:
+        warnings.warn(text, RuntimeWarning, stacklevel=2)
 
 
 class Story:
@@ -70,6 +74,11 @@ class Story:
 
     def detail(self, text: str) -> None:
         self.details.append(text)
+
+    def warn(self, text: str) -> None:
+        """A ``warning:`` line on stderr (after the current stage's line when one is running)."""
+        self.end()
+        self._say(f"warning: {text}")
 
     def end(self) -> None:
         if self.stage is None:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +33,7 @@ from .recipe.loader import LoadedRecipe, as_loaded, load_recipe, load_recipe_dat
 from .recipe.lock import lock_text
 from .recipe.schema import Recipe
 from .util.atomic import atomic_write_text, confined
+from .util.jsonio import json_text, non_finite
 from .util.progress import with_bar
 from .util.rundir import RunDirectory, RunRecord, open_for_recipe, record_failure
 
@@ -360,8 +360,12 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
         story.detail(f"{len(exports)} entries")
     timings["total_seconds"] = time.perf_counter() - started
     metrics["status"] = "ok"
+    bad = non_finite(metrics)
+    if bad:  # written as null (strict JSON); said once, naming each figure
+        story.warn("not finite, written as null in metrics.json: "
+                   + ", ".join(f"{path} ({value})" for path, value in bad))
     stage("report")
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(out / "metrics.json", json_text(metrics, indent=2, sort_keys=False) + "\n")
     report()
     story.end()
     return metrics
