@@ -4,12 +4,15 @@ them under ``<prefix>/share/recipe-engine/recipes`` as well as in a source check
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 from recipe_engine.recipe.loader import SHARE_SUBDIR, shipped_recipe_dirs
 
@@ -39,7 +42,16 @@ def test_installed_layouts_find_the_share_folder(tmp_path) -> None:
     assert shipped_recipe_dirs(package) == [target / SHARE_SUBDIR]
 
 
+def _run(command: list[str], **options) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, **options)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
 def test_wheel_ships_the_recipes_and_an_installed_copy_resolves_extends(tmp_path) -> None:
+    pytest.importorskip("setuptools", minversion="68")  # pyproject's build requirement, used without isolation
+    if importlib.util.find_spec("wheel") is None:
+        pytest.importorskip("setuptools", minversion="70.1")  # bdist_wheel without the wheel package
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -48,16 +60,14 @@ def test_wheel_ships_the_recipes_and_an_installed_copy_resolves_extends(tmp_path
     shutil.copytree(REPO / "recipe_engine", src / "recipe_engine", ignore=ignore)
     shutil.copytree(REPO / "recipes", src / "recipes", ignore=ignore)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "whl")],
-                   check=True, capture_output=True, cwd=src)
+    _run([*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "whl")], cwd=src)
     (wheel,) = (tmp_path / "whl").glob("*.whl")
     data = "recipe_engine-0.1.0.data/data/share/recipe-engine/recipes/"
     names = zipfile.ZipFile(wheel).namelist()
     assert sorted(n.removeprefix(data) for n in names if n.startswith(data)) == SHIPPED
 
     target = tmp_path / "target"
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True,
-                   capture_output=True)
+    _run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)])
     user = tmp_path / "elsewhere"
     user.mkdir()
     (user / "mine.yaml").write_text("recipe: mine\nversion: 0.1.0\nextends: base/int8_tensorrt.yaml\n"
@@ -66,7 +76,6 @@ def test_wheel_ships_the_recipes_and_an_installed_copy_resolves_extends(tmp_path
              "print(recipe_engine.__file__); print(r.files[0]); print(r.spec.quantizers['act'].calibrator)")
     env = {**os.environ, "PYTHONPATH": str(target)}
     env.pop("RECIPE_PATH", None)
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=user,
-                         env=env).stdout.splitlines()
+    out = _run([sys.executable, "-c", probe], cwd=user, env=env).stdout.splitlines()
     assert out == [str(target / "recipe_engine" / "__init__.py"),
                    str(target / SHARE_SUBDIR / "base" / "int8_tensorrt.yaml"), "histogram"]
