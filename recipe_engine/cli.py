@@ -6,7 +6,6 @@ pipeline are imported inside the commands that need them (run, plan, sensitivity
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import click
 
 from . import __version__
 from .recipe.errors import RecipeError
+from .util.jsonio import json_text
 
 SET_HELP = "Override a key after extends: KEY is a dotted path, VALUE is YAML (repeatable)."
 SCHEMA_FILE = Path("schemas") / "recipe.schema.json"
@@ -130,7 +130,7 @@ def list_command(directory: Path | None, as_json: bool) -> None:
 
     entries = scan(directory)
     if as_json:
-        click.echo(json.dumps([e.as_dict() for e in entries], indent=2))
+        click.echo(json_text([e.as_dict() for e in entries], indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -182,7 +182,7 @@ def plan(recipe_file: str, overrides: tuple[str, ...], as_json: bool) -> None:
     loaded = load_recipe(recipe_file, overrides)
     result = plan_recipe(loaded)
     if as_json:
-        click.echo(json.dumps(result.as_dict(), indent=2))
+        click.echo(json_text(result.as_dict(), indent=2))
     else:
         click.echo(result.format())
 
@@ -236,7 +236,7 @@ def run(ctx: click.Context, recipe_file: str, overrides: tuple[str, ...], out_di
     if not is_main():
         return
     if as_json:
-        click.echo(json.dumps(metrics, indent=2, default=str))
+        click.echo(json_text(metrics, indent=2, default=str))
     elif not quiet:
         print_summary(metrics, target)
 
@@ -293,7 +293,7 @@ def inspect(model_file: Path, as_json: bool) -> None:
 
     info = inspect_model(model_file)
     if as_json:
-        click.echo(json.dumps(info, indent=2, default=str))
+        click.echo(json_text(info, indent=2, default=str))
     else:
         print_inspection(info)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,15 @@ class NullStory:
     """The stage receiver of a run that prints nothing (Python API callers)."""
 
     def begin(self, stage: str) -> None: ...
+    def name_stage(self, label: str) -> None: ...
     def detail(self, text: str) -> None: ...
     def export(self, result: dict) -> None: ...
     def end(self) -> None: ...
     def failed(self, exc: BaseException) -> None: ...
     def failure_summary(self, metrics: dict, record: Path) -> None: ...
+
+    def warn(self, text: str) -> None:
+        warnings.warn(text, RuntimeWarning, stacklevel=2)
 
 
 class Story:
@@ -45,6 +50,7 @@ class Story:
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self.stage: str | None = None
+        self.label: str | None = None  # the stage's printed name when not STAGE_LABELS' (name_stage)
         self.started = 0.0
         self.details: list[str] = []
         self.lines: list[str] = []  # what was printed, for tests and the failure line
@@ -60,16 +66,25 @@ class Story:
     def begin(self, stage: str) -> None:
         """End the current stage (printing its line) and start ``stage``."""
         self.end()
-        self.stage, self.started, self.details = stage, time.perf_counter(), []
+        self.stage, self.started, self.details, self.label = stage, time.perf_counter(), [], None
+
+    def name_stage(self, label: str) -> None:
+        """Print the current stage's line as ``label`` (``FP8 E4M3 evaluation`` for ``evaluate_int8``)."""
+        self.label = label
 
     def detail(self, text: str) -> None:
         self.details.append(text)
+
+    def warn(self, text: str) -> None:
+        """A ``warning:`` line on stderr (after the current stage's line when one is running)."""
+        self.end()
+        self._say(f"warning: {text}")
 
     def end(self) -> None:
         if self.stage is None:
             return
         seconds = time.perf_counter() - self.started
-        label = STAGE_LABELS.get(self.stage, self.stage)
+        label = self.label or STAGE_LABELS.get(self.stage, self.stage)
         extra = f"  {', '.join(self.details)}" if self.details else ""
         self._say(f"{label:<16} {seconds:7.2f} s{extra}")
         self.stage = None
@@ -85,7 +100,7 @@ class Story:
         if self.stage is None:
             return
         seconds = time.perf_counter() - self.started
-        label = STAGE_LABELS.get(self.stage, self.stage)
+        label = self.label or STAGE_LABELS.get(self.stage, self.stage)
         self._say(f"{label:<16} {seconds:7.2f} s  FAILED")
         self.stage = None
 
@@ -135,9 +150,14 @@ def fmt_number(value: Any, sign: bool = False) -> str:
 
 
 def summary_tables(metrics: dict) -> list[Any]:
-    """The metric table (FP32 / INT8 [/ QAT] / drop) and the export table, as rich Tables."""
+    """The metric table (FP32 / INT8 [/ QAT] / drop) and the export table, as rich Tables.
+
+    The quantized column is named by ``metrics["precision"]`` (``FP8 E4M3``, ``INT8+FP8 E4M3``).
+    """
     from rich.table import Table
     from rich.text import Text
+
+    from .quant.precision import of_metrics
 
     tables = []
     # with data.test: the reported (test) figures, then the validation ones that tune/keep_best chose on
@@ -149,7 +169,7 @@ def summary_tables(metrics: dict) -> list[Any]:
         fp32, int8, qat = phases.get("fp32") or {}, phases.get("int8") or {}, phases.get("qat") or {}
         if not (fp32 or int8):
             continue
-        columns = ["metric", "FP32", "INT8", "drop", *(["QAT", "QAT drop"] if qat else [])]
+        columns = ["metric", "FP32", of_metrics(metrics), "drop", *(["QAT", "QAT drop"] if qat else [])]
         table = Table(*columns, box=None, pad_edge=False, title=title, title_justify="left")
         for key in list(dict.fromkeys([*fp32, *int8])):
             row = [key, fmt_number(fp32.get(key, "-")), fmt_number(int8.get(key, "-")), _drop(fp32.get(key), int8.get(key))]

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -28,11 +27,13 @@ from .console import NullStory, figures
 from .model_file import MODEL_FILE_FORMAT, load_quantized, read_model_file, save_quantized  # noqa: F401 - re-exported
 from .quant import backend
 from .quant.apply import QuantState, disable_matching, get_state, plan_quantization
+from .quant.precision import precision_label
 from .recipe.errors import RecipeError
 from .recipe.loader import LoadedRecipe, as_loaded, load_recipe, load_recipe_data  # noqa: F401 - as_loaded re-exported
 from .recipe.lock import lock_text
 from .recipe.schema import Recipe
 from .util.atomic import atomic_write_text, confined
+from .util.jsonio import json_text, non_finite
 from .util.progress import with_bar
 from .util.rundir import RunDirectory, RunRecord, open_for_recipe, record_failure
 
@@ -280,6 +281,7 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
         metrics["shared_groups"] = len(state.groups)
         metrics["fused"] = len(state.fused)
         metrics["amax"] = result.amax
+        metrics["precision"] = precision_label(state)  # INT8, FP8 E4M3, INT8+FP8 E4M3 (the numbers stay in int8)
 
     def report() -> Any:
         from .analyze.report import write_report
@@ -291,9 +293,11 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
     record.report = report
     if evaluate is not None:
         stage("evaluate_int8")
+        story.name_stage(f"{metrics['precision']} evaluation")
         tick = time.perf_counter()
+        label = metrics["precision"]
         splits.measure(model, metrics, "int8",
-                       lambda b, split: with_bar(b, "INT8" if split == "validation" else "INT8 test", show_progress))
+                       lambda b, split: with_bar(b, label if split == "validation" else f"{label} test", show_progress))
         timings["evaluate_int8_seconds"] = time.perf_counter() - tick
         story.detail(figures(metrics["int8"]))
 
@@ -307,7 +311,8 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
         splits.measure(model, metrics, "int8")
         timings["tune_seconds"] = time.perf_counter() - tick
         state.disabled = sorted(set(state.disabled) | set(metrics["tune"]["disabled_quantizers"]))
-        story.detail(f"disabled {len(metrics['tune']['disabled_quantizers'])}, INT8 {figures(metrics['int8'])}")
+        story.detail(f"disabled {len(metrics['tune']['disabled_quantizers'])}, {metrics['precision']} "
+                     f"{figures(metrics['int8'])}")
 
     if spec.qat is not None:
         from .train.qat import run_qat
@@ -355,8 +360,12 @@ def _run_recipe(loaded: LoadedRecipe, out: Path, show_progress: bool, resume: bo
         story.detail(f"{len(exports)} entries")
     timings["total_seconds"] = time.perf_counter() - started
     metrics["status"] = "ok"
+    bad = non_finite(metrics)
+    if bad:  # written as null (strict JSON); said once, naming each figure
+        story.warn("not finite, written as null in metrics.json: "
+                   + ", ".join(f"{path} ({value})" for path, value in bad))
     stage("report")
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(out / "metrics.json", json_text(metrics, indent=2, sort_keys=False) + "\n")
     report()
     story.end()
     return metrics

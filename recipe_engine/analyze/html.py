@@ -90,7 +90,7 @@ def _cards(data: ReportData) -> str:
     cards = []
     header, rows = data.metric_rows()
     for row in rows[:3]:
-        cards.append((f"{row[0]} FP32 {row[1]} / INT8 {row[2]}", f"drop {row[3]}"))
+        cards.append((f"{row[0]} FP32 {row[1]} / {data.precision} {row[2]}", f"drop {row[3]}"))
     worst = data.worst_layers(1)
     if worst:
         item = worst[0]

@@ -92,11 +92,11 @@ def layer_sqnr_png(layers: list[dict]) -> bytes:
     return _png(figure)
 
 
-def tune_png(tune: dict) -> bytes:
+def tune_png(tune: dict, precision: str = "INT8") -> bytes:
     """The metric after each step of the tune search (groups left in full precision), with the target."""
     plt = _pyplot()
     steps = tune["steps"]
-    labels = ["all INT8"] + [step["disabled"][-1] for step in steps[1:]]
+    labels = [f"all {precision}"] + [step["disabled"][-1] for step in steps[1:]]
     figure, axis = plt.subplots(figsize=(8, max(2.5, 0.3 * len(steps) + 1.2)))
     metric = [step["metric"] for step in steps]
     axis.barh(range(len(steps))[::-1], metric, color=[GREY] + [BLUE] * (len(steps) - 1))

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..quant import backend
 from ..quant.apply import get_state
+from ..quant.precision import of_metrics
 from ..recipe.loader import LoadedRecipe
 from ..util.atomic import atomic_write_bytes, atomic_write_text
 from . import plots
@@ -79,7 +80,7 @@ def gather(model: nn.Module, loaded: LoadedRecipe, metrics: dict[str, Any], batc
                                    "layer_sqnr.png"))
     if metrics.get("tune"):
         data.figures.append(Figure("Tune search", "the metric after each group the search left in full precision",
-                                   plots.tune_png(metrics["tune"]), "tune.png"))
+                                   plots.tune_png(metrics["tune"], of_metrics(metrics)), "tune.png"))
     return data
 
 

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..quant.precision import of_metrics
+
 WORST_LAYERS_LISTED = 15  # rows of report.md's per-layer table (the full list: metrics.json layer_sqnr)
 EXPORT_COLUMNS = ["path", "format", "status", "sqnr_pytorch_db", "sqnr_runtime_db", "systematic_db",
                   "max_diff_steps", "frac_over_1_step", "seconds"]
@@ -52,13 +54,18 @@ class ReportData:
     figures: list[Figure] = field(default_factory=list)  # per-layer SQNR, tune search
 
     @property
+    def precision(self) -> str:
+        """The quantized model's label: ``INT8``, ``FP8 E4M3``, ``INT8+FP8 E4M3``."""
+        return of_metrics(self.metrics)
+
+    @property
     def failure(self) -> dict | None:
         return self.metrics.get("failure") if self.metrics.get("status") == "failed" else None
 
     def metric_rows(self) -> tuple[list[str], list[list[str]]]:
-        """``metric | FP32 | INT8 | drop [| QAT | QAT drop]`` (drop = FP32 - INT8)."""
+        """``metric | FP32 | INT8 | drop [| QAT | QAT drop]`` (drop = FP32 - INT8; INT8: the run's precision)."""
         qat = self.metrics.get("qat") or {}
-        header = ["metric", "FP32", "INT8", "drop", *(["QAT", "QAT drop"] if qat else [])]
+        header = ["metric", "FP32", self.precision, "drop", *(["QAT", "QAT drop"] if qat else [])]
         splits = [("", self.metrics)]
         if self.metrics.get("test") and self.metrics.get("validation"):  # reported on test, selected on validation
             splits = [(" (test)", self.metrics["test"]), (" (validation, selection)", self.metrics["validation"])]
@@ -75,7 +82,7 @@ class ReportData:
     def summary_rows(self) -> list[tuple[str, str]]:
         m = self.metrics
         return [("status", str(m.get("status", "ok"))), ("recipe sha256", str(m.get("sha256", ""))),
-                ("quantizers enabled", fmt(m.get("quantizers"))), ("quantizers disabled", fmt(m.get("disabled"))),
+                ("precision", self.precision), ("quantizers enabled", fmt(m.get("quantizers"))), ("quantizers disabled", fmt(m.get("disabled"))),
                 ("share groups", fmt(m.get("shared_groups", 0))), ("fusions", fmt(m.get("fused", 0))),
                 ("calibration", self.calibration),
                 *([("reported split", "data.test (tune and keep_best chose on data.validation)")]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from ..quant.apply import get_state
 from ..recipe.errors import RecipeError
 from ..recipe.loader import LoadedRecipe
 from ..util.atomic import atomic_write_bytes, atomic_write_text
+from ..util.jsonio import json_text
 from .sensitivity import FIDELITY_METRIC, Scorer, SensitivityResult, enabled_groups, greedy_disable, profile
 from .tune import run_tune  # noqa: F401 - re-exported
 
@@ -64,7 +64,7 @@ def run_sensitivity(loaded: LoadedRecipe, out: Path, max_drop: float | None = No
     names = [n for g in groups if g.name in disabled for n in g.quantizer_names]
     table["derived"] = {"target": target, "success": success, "disabled_groups": disabled,
                         "steps": [s.as_dict() for s in steps]}
-    atomic_write_text(out / "sensitivity.json", json.dumps(table, indent=2) + "\n")
+    atomic_write_text(out / "sensitivity.json", json_text(table, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["group", "only_this", "all_but_this", "gain_if_disabled", "quantizers"])

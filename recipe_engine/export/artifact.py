@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import onnx
 from .. import __version__
 from ..recipe.loader import LoadedRecipe
 from ..util.atomic import atomic_write_bytes, atomic_write_text
+from ..util.jsonio import json_text
 
 
 def recipe_metadata(loaded: LoadedRecipe, **extra: Any) -> dict[str, str]:
@@ -44,7 +44,7 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike) -> dict[str, Any]
 
 
 def save_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json_text(payload, indent=2, sort_keys=True) + "\n")
 
 
 def relative(path: Path, root: Path) -> str:

@@ -10,6 +10,8 @@ import contextlib
 import difflib
 import os
 import re
+import sys
+import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,10 +112,29 @@ def catalogue_dirs(start: Path | None = None) -> list[Path]:
             if (parent / "recipes").is_dir():
                 dirs.append(parent / "recipes")
                 break
-    bundled = Path(__file__).resolve().parents[2] / "recipes"
-    if bundled.is_dir():
-        dirs.append(bundled)
+    dirs.extend(shipped_recipe_dirs())
     return list(dict.fromkeys(d.resolve() for d in dirs))
+
+
+SHARE_SUBDIR = Path("share") / "recipe-engine" / "recipes"  # where a wheel puts the shipped recipes (pyproject)
+
+
+def shipped_recipe_dirs(package_dir: Path | None = None) -> list[Path]:
+    """The recipes shipped with the engine: ``recipes/`` of a source checkout, else the installed copy.
+
+    A wheel installs them as data files under ``<prefix>/share/recipe-engine/recipes``; the prefix is
+    an ancestor of the package directory (``<venv>/lib/pythonX.Y/site-packages/recipe_engine``, or
+    ``<target>/recipe_engine`` for ``pip install --target``) or the interpreter's data path.
+    """
+    package = (package_dir or Path(__file__).resolve().parents[1]).resolve()
+    checkout = package.parent / "recipes"
+    if checkout.is_dir():
+        return [checkout]
+    prefixes = [*package.parents, Path(sysconfig.get_path("data")), Path(sys.prefix)]
+    for prefix in dict.fromkeys(prefixes):
+        if (prefix / SHARE_SUBDIR).is_dir():
+            return [prefix / SHARE_SUBDIR]
+    return []
 
 
 def find_recipe(name: str, relative_to: Path | None = None) -> Path | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import time
 import warnings
@@ -28,6 +27,7 @@ from ..recipe.errors import RecipeError
 from ..recipe.loader import LoadedRecipe
 from ..recipe.schema import QatSection
 from ..util.atomic import atomic_write_text
+from ..util.jsonio import json_text
 from ..util.progress import progress
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -269,7 +269,7 @@ class QatRun:
     def _record(self, entry: dict[str, Any]) -> None:
         self.log.append(entry)
         if self.main:
-            atomic_write_text(self.out / LOG_FILE, "".join(json.dumps(e) + "\n" for e in self.log))
+            atomic_write_text(self.out / LOG_FILE, "".join(json_text(e) + "\n" for e in self.log))
 
     def _metrics_now(self) -> dict[str, float] | None:
         if self.evaluate is None or not self.main:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..recipe.errors import RecipeError
 from .atomic import TEMP_SUFFIX, atomic_write_text, confined, disk_error
+from .jsonio import json_text
 
 if TYPE_CHECKING:
     from ..recipe.loader import LoadedRecipe
@@ -189,7 +190,7 @@ class RunDirectory:
             error = f"the run ({_describe(owner)}) was killed before it finished; no error was recorded"
             metrics.setdefault("recipe", owner.get("recipe"))
             metrics.update(status="killed", failure={"stage": "unknown", "error": error})
-            atomic_write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
+            atomic_write_text(metrics_file, json_text(metrics, indent=2) + "\n")
             atomic_write_text(self.staging / "report.md",
                               f"# FAILED (killed): {metrics.get('recipe')}\n\n{error}.\n\n"
                               "The files here are what it had written; metrics.json holds its figures so far.\n")
@@ -310,7 +311,7 @@ def record_failure(run_dir: RunDirectory, loaded: LoadedRecipe, record: RunRecor
         return
     try:
         with confined(run_dir.staging):
-            atomic_write_text(run_dir.staging / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+            atomic_write_text(run_dir.staging / "metrics.json", json_text(metrics, indent=2, default=str) + "\n")
             report = None
             if record.report is not None:
                 with contextlib.suppress(Exception):
