@@ -105,12 +105,21 @@ def validate(recipe_files: tuple[str, ...], overrides: tuple[str, ...], quiet: b
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help=f"Schema file (default: {SCHEMA_FILE} in the project).")
 def schema_command(check: bool, output: Path | None) -> None:
-    """Write (or --check) schemas/recipe.schema.json from the recipe models."""
+    """Write (or --check) schemas/recipe.schema.json from the recipe models.
+
+    Installed (not a checkout) without --output: print the schema on stdout."""
     from .recipe.schema_file import default_schema_path, schema_text
     from .util.atomic import atomic_write_text
 
     target = output or default_schema_path()
     text = schema_text()
+    if target is None:  # an installed package: no checkout to write into or check
+        if check:
+            raise RecipeError("recipe schema --check: this recipe-engine is installed, not a project checkout, "
+                              "so there is no committed schema file to check",
+                              hint="pass the file to check: recipe schema --check --output recipe.schema.json")
+        click.echo(text, nl=False)  # `recipe schema > recipe.schema.json`, or -o FILE
+        return
     if check:
         current = target.read_text(encoding="utf-8") if target.exists() else ""
         if current != text:
@@ -321,8 +330,10 @@ def sensitivity(recipe_file: str, overrides: tuple[str, ...], out_dir: Path | No
     from rich.console import Console
     from rich.table import Table
 
+    from .quant.precision import of_metrics
+
     view = Table("group", "only this", "all but this", "gain if disabled", box=None,
-                 title=f"{table['metric']}: fp32 {table['fp32']:.4g}, int8 {table['int8']:.4g}")
+                 title=f"{table['metric']}: FP32 {table['fp32']:.4g}, {of_metrics(table)} {table['int8']:.4g}")
     for row in table["groups"]:
         view.add_row(row["group"], f"{row['only_this']:.4g}", f"{row['all_but_this']:.4g}",
                      f"{row['gain_if_disabled']:+.4g}")

@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+#: Stage-line label column: fits the longest built-in label, ``INT8+FP8 E4M3 evaluation``.
+LABEL_WIDTH = 24
 STAGE_LABELS = {
     "model": "build model", "data": "load data", "export_check": "export check", "evaluate_fp32": "FP32 evaluation", "apply": "apply",
     "calibration": "calibration", "evaluate_int8": "INT8 evaluation", "tune": "tune", "qat": "QAT",
@@ -86,7 +88,7 @@ class Story:
         seconds = time.perf_counter() - self.started
         label = self.label or STAGE_LABELS.get(self.stage, self.stage)
         extra = f"  {', '.join(self.details)}" if self.details else ""
-        self._say(f"{label:<16} {seconds:7.2f} s{extra}")
+        self._say(f"{label:<{LABEL_WIDTH}} {seconds:7.2f} s{extra}")
         self.stage = None
 
     def export(self, result: dict) -> None:
@@ -101,7 +103,7 @@ class Story:
             return
         seconds = time.perf_counter() - self.started
         label = self.label or STAGE_LABELS.get(self.stage, self.stage)
-        self._say(f"{label:<16} {seconds:7.2f} s  FAILED")
+        self._say(f"{label:<{LABEL_WIDTH}} {seconds:7.2f} s  FAILED")
         self.stage = None
 
 

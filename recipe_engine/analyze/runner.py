@@ -12,6 +12,7 @@ import yaml
 
 from .. import data as data_mod
 from ..quant.apply import get_state
+from ..quant.precision import precision_label
 from ..recipe.errors import RecipeError
 from ..recipe.loader import LoadedRecipe
 from ..util.atomic import atomic_write_bytes, atomic_write_text
@@ -51,11 +52,13 @@ def run_sensitivity(loaded: LoadedRecipe, out: Path, max_drop: float | None = No
     apply(model, loaded, calib, forward)
     calibrate(model, loaded, calib, forward, show_progress)
     groups = enabled_groups(get_state(model))
+    precision = precision_label(get_state(model))
     metric = loaded.spec.tune.metric if loaded.spec.tune else None
     scorer = Scorer(model, evaluate, val, calib, forward, metric)
     result = profile(model, scorer, groups, show_progress)
     ranked = result.ranked()
-    table = {"metric": result.metric, "fp32": result.fp32, "int8": result.int8, "evaluations": result.evaluations,
+    table = {"metric": result.metric, "fp32": result.fp32, "int8": result.int8, "precision": precision,
+             "evaluations": result.evaluations,
              "seconds": result.seconds, "groups": [r.as_dict() for r in ranked]}
     target = (result.fp32 - (max_drop if max_drop is not None else 1.0)) if result.metric != FIDELITY_METRIC \
         else min_sqnr

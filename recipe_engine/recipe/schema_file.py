@@ -23,6 +23,10 @@ def schema_text() -> str:
     return json.dumps(schema_dict(), indent=2, sort_keys=True) + "\n"
 
 
-def default_schema_path() -> Path:
-    """``schemas/recipe.schema.json`` of the project (the checkout containing this package)."""
-    return Path(__file__).resolve().parents[2] / "schemas" / "recipe.schema.json"
+def default_schema_path() -> Path | None:
+    """``schemas/recipe.schema.json`` of the project checkout containing this package; None for an installed
+    package (site-packages has no project folder to write into)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file() or not (root / "recipe_engine").is_dir():
+        return None
+    return root / "schemas" / "recipe.schema.json"

@@ -44,6 +44,7 @@ def test_sensitivity_ranks_the_broken_layer_first_and_derived_recipe_recovers(tm
     table = json.loads((out / "sensitivity.json").read_text())
     assert table["groups"][0]["group"] == "block2.conv2"
     assert table["int8"] < table["fp32"] - 5.0  # the broken layer really hurts
+    assert table["precision"] == "INT8" and f"FP32 {table['fp32']:.4g}, INT8 {table['int8']:.4g}" in result.output
     assert table["derived"]["success"] and table["derived"]["disabled_groups"] == ["block2.conv2"]
     for name in ("sensitivity.csv", "sensitivity.png", "derived.yaml"):
         assert (out / name).is_file()

@@ -5,6 +5,7 @@ them under ``<prefix>/share/recipe-engine/recipes`` as well as in a source check
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -79,3 +80,12 @@ def test_wheel_ships_the_recipes_and_an_installed_copy_resolves_extends(tmp_path
     out = _run([sys.executable, "-c", probe], cwd=user, env=env).stdout.splitlines()
     assert out == [str(target / "recipe_engine" / "__init__.py"),
                    str(target / SHARE_SUBDIR / "base" / "int8_tensorrt.yaml"), "histogram"]
+    # `recipe schema` of an installed copy prints the schema (there is no checkout to write into: before, it
+    # wrote <target>/schemas/recipe.schema.json beside site-packages); --check without a file is a clear error
+    schema = ("import sys; from recipe_engine.cli import main; main(sys.argv[1:], prog_name='recipe')")
+    printed = _run([sys.executable, "-c", schema, "schema"], cwd=user, env=env).stdout
+    assert json.loads(printed)["$id"].endswith("recipe.schema.json")
+    assert not (target / "schemas").exists()
+    check = subprocess.run([sys.executable, "-c", schema, "schema", "--check"], cwd=user, env=env,
+                           capture_output=True, text=True)
+    assert check.returncode != 0 and "not a project checkout" in check.stderr and "Traceback" not in check.stderr
