@@ -43,13 +43,7 @@ def real_scale_setup(batch_size: int, voxels: int, count: int):
     batches = [real_scale.make_batch(batch_size, seed, voxels) for seed in range(count)]
     torch.manual_seed(0)
     fp32 = real_scale.build()
-    for module in fp32.modules():  # BN statistics from one training-mode forward, as real_scale.py
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.momentum = 1.0
-    fp32.train()
-    with torch.no_grad():
-        real_scale.forward_batch(fp32, batches[0])
-    fp32.eval()
+    real_scale.bn_warmup(fp32, batches[0])
     model = real_scale.build()
     model.load_state_dict(fp32.state_dict())
     with tempfile.TemporaryDirectory() as tmp:

@@ -91,13 +91,7 @@ def sparse_table(device: str, batch_size: int, voxels: int, calib: int, repeats:
     batches = [_to(real_scale.make_batch(batch_size, seed, voxels), device) for seed in range(calib)]
     torch.manual_seed(0)
     fp32 = real_scale.build().to(device)
-    for module in fp32.modules():  # BN running statistics = one training-mode batch's (as real_scale.py)
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum = 1.0
-    fp32.train()
-    with torch.no_grad():
-        real_scale.forward_batch(fp32, batches[0])
-    fp32.eval()
+    real_scale.bn_warmup(fp32, batches[0])
     model = real_scale.build()
     model.load_state_dict(fp32.state_dict())
     model.to(device)

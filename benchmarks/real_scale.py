@@ -96,6 +96,17 @@ def forward_batch(model: nn.Module, batch: dict) -> torch.Tensor:
     return model(batch["voxel_features"], batch["coors"], int(batch["batch_size"]))
 
 
+def bn_warmup(model: nn.Module, batch: dict) -> None:
+    """One training-mode forward with BN momentum 1: running statistics = this batch's (random weights)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        forward_batch(model, batch)
+    model.eval()
+
+
 def calibration_data() -> list:  # named by the recipe; the benchmark passes its batches itself
     raise RuntimeError("real_scale.py passes its calibration batches directly")
 
@@ -258,16 +269,7 @@ def child(batch_size: int, voxels: int, calib_batches: int, profile: bool, save:
     torch.manual_seed(0)
     fp32 = build()
 
-    def bn_warmup() -> None:  # one training-mode forward: BN running statistics = batch statistics
-        for module in fp32.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.momentum = 1.0
-        fp32.train()
-        with torch.no_grad():
-            forward_batch(fp32, batches[0])
-        fp32.eval()
-
-    stage("setup (random weights, BN statistics)", bn_warmup)
+    stage("setup (random weights, BN statistics)", lambda: bn_warmup(fp32, batches[0]))
     model = build()
     model.load_state_dict(fp32.state_dict())
 
