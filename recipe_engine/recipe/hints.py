@@ -23,14 +23,25 @@ def _data_path(loc: tuple, data: Any) -> tuple:
     path: list = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
+        child = _child(node, part)
+        if child is not _ABSENT:
+            node = child
         elif _looks_like_tag(part) or not isinstance(node, dict):
             continue  # a union branch tag, or a position inside a scalar/short list
         path.append(part)  # present, or the missing/unknown key the error is about
     return tuple(path)
+
+
+_ABSENT = object()
+
+
+def _child(node: Any, part: Any) -> Any:
+    """``node[part]`` for a key of a dict or an index inside a list, else ``_ABSENT``."""
+    if isinstance(node, dict) and part in node:
+        return node[part]
+    if isinstance(node, list) and isinstance(part, int) and part < len(node):
+        return node[part]
+    return _ABSENT
 
 
 def _looks_like_tag(part: Any) -> bool:
@@ -94,11 +105,8 @@ def _value_at(data: Any, path: tuple) -> str:
     """The YAML-ish text of the value at ``path`` in ``data`` (for a hint), ``...`` when not found."""
     node = data
     for part in path:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
+        node = _child(node, part)
+        if node is _ABSENT:
             return "..."
     if isinstance(node, bool):
         return str(node).lower()
